@@ -1,0 +1,445 @@
+"""`Durably` and `create_durably`: the facade that wires store, worker, events and jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from .clock import Clock, SystemClock
+from .dialect import Dialect, as_dialect, redact_url
+from .errors import DurablyError, MigrationError
+from .events import BaseEvent, ErrorHandler, EventEmitter, Listener
+from .execution import RunExecution
+from .handle import JobHandle
+from .jobs import JobDefinition
+from .migrate import AlembicMigrator
+from .records import RUN_STATUSES, LogEntry, Run, RunStatus, StepRecord
+from .store import NewRun, Store
+from .subscribe import AsyncRunSubscription, RunSubscription, wait_for, wait_for_async
+from .worker import Worker
+
+logger = logging.getLogger("durably")
+
+
+class JobsNamespace:
+    """The handles registered so far: `durably.jobs.sync_users`, `durably.jobs["sync_users"]`."""
+
+    _handles: dict[str, JobHandle[Any, Any]]
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_handles", {})
+
+    def _set(self, key: str, handle: JobHandle[Any, Any]) -> None:
+        self._handles[key] = handle
+
+    def __getattr__(self, key: str) -> JobHandle[Any, Any]:
+        handles: dict[str, JobHandle[Any, Any]] = object.__getattribute__(self, "_handles")
+        try:
+            return handles[key]
+        except KeyError:
+            known = ", ".join(sorted(handles)) or "none"
+            raise AttributeError(f"no job registered under {key!r} (registered: {known})") from None
+
+    def __getitem__(self, key: str) -> JobHandle[Any, Any]:
+        try:
+            return self._handles[key]
+        except KeyError:
+            known = ", ".join(sorted(self._handles)) or "none"
+            raise KeyError(f"no job registered under {key!r} (registered: {known})") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("register jobs with durably.register({...})")
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._handles
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict(self._handles))
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def __dir__(self) -> list[str]:
+        return sorted(self._handles)
+
+    def __repr__(self) -> str:
+        return f"JobsNamespace({sorted(self._handles)})"
+
+
+def _as_list(value: str | Sequence[str] | None, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    values = list(value)
+    for v in values:
+        if not isinstance(v, str):
+            raise TypeError(f"{what} must be a string or a list of strings, got {v!r}")
+    return values
+
+
+def _check_non_negative(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+
+
+class Durably:
+    """One durably instance: a database, the registered jobs and a worker.
+
+    Use `create_durably(url)` to build one. It is also a context manager: leaving the
+    block stops the worker and closes the database.
+    """
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        *,
+        polling_interval: float = 1.0,
+        heartbeat_interval: float = 5.0,
+        stale_threshold: float = 30.0,
+        max_concurrent_runs: int = 1,
+        clock: Clock | None = None,
+    ) -> None:
+        for name, value in (
+            ("polling_interval", polling_interval),
+            ("heartbeat_interval", heartbeat_interval),
+            ("stale_threshold", stale_threshold),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if heartbeat_interval >= stale_threshold:
+            raise ValueError(
+                f"heartbeat_interval ({heartbeat_interval} s) must be shorter than "
+                f"stale_threshold ({stale_threshold} s), or healthy runs would look stale"
+            )
+        if (
+            isinstance(max_concurrent_runs, bool)
+            or not isinstance(max_concurrent_runs, int)
+            or max_concurrent_runs < 1
+        ):
+            raise ValueError(
+                f"max_concurrent_runs must be a positive integer, got {max_concurrent_runs!r}"
+            )
+        self.polling_interval = float(polling_interval)
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.stale_threshold = float(stale_threshold)
+        self.max_concurrent_runs = max_concurrent_runs
+        self.dialect = dialect
+        self._clock: Clock = clock or SystemClock()
+        self._events = EventEmitter(self._clock)
+        self._store = Store(dialect, self._clock)
+        self._definitions: dict[str, JobDefinition[Any, Any]] = {}
+        self._handles: dict[str, JobHandle[Any, Any]] = {}
+        self._names: tuple[str, ...] = ()
+        self._register_lock = threading.Lock()
+        self.jobs = JobsNamespace()
+        self._worker = Worker(self)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Durably {redact_url(getattr(self.dialect, 'url', '?'))}>"
+
+    # -- internals used by handles, the worker and plugins ------------------------------
+
+    def _job_names(self) -> tuple[str, ...]:
+        return self._names
+
+    def _job_for(self, name: str) -> JobDefinition[Any, Any]:
+        return self._definitions[name]
+
+    def _create_runs(self, new_runs: Sequence[NewRun]) -> list[Run]:
+        results = self._store.create_runs(new_runs)
+        created = False
+        for run, is_new in results:
+            if is_new:
+                created = True
+                self._events.emit(
+                    "run:trigger", run_id=run.id, job_name=run.job_name, payload=run.payload
+                )
+        if created:
+            self._worker.wake()
+        return [run for run, _ in results]
+
+    def _wait_for(self, run_id: str, timeout: float | None) -> Run:
+        return wait_for(self, run_id, timeout)
+
+    async def _wait_for_async(self, run_id: str, timeout: float | None) -> Run:
+        return await wait_for_async(self, run_id, timeout)
+
+    # -- setup -------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade durably's tables (alembic, idempotent, safe across processes)."""
+        try:
+            self.dialect.migrate(AlembicMigrator())
+        except MigrationError:
+            raise
+        except Exception as exc:
+            raise MigrationError(
+                f"migrating {redact_url(getattr(self.dialect, 'url', '?'))} failed: {exc}"
+            ) from exc
+
+    def register(
+        self, jobs: Mapping[str, JobDefinition[Any, Any]]
+    ) -> dict[str, JobHandle[Any, Any]]:
+        """Register job definitions; returns their handles under the same keys."""
+        if not isinstance(jobs, Mapping):
+            raise TypeError("register() takes a mapping of {key: JobDefinition}")
+        result: dict[str, JobHandle[Any, Any]] = {}
+        with self._register_lock:
+            for key, definition in jobs.items():
+                if not isinstance(definition, JobDefinition):
+                    raise TypeError(
+                        f"register(): {key!r} is {definition!r}, not a JobDefinition "
+                        "(make one with define_job)"
+                    )
+                handle = self._handles.get(definition.name)
+                if handle is None:
+                    handle = JobHandle(self, definition)
+                    self._handles[definition.name] = handle
+                    self._definitions[definition.name] = definition
+                elif not handle.definition.same_as(definition):
+                    raise DurablyError(
+                        f"a different job is already registered under the name "
+                        f"{definition.name!r}; job names must be unique per instance"
+                    )
+                self.jobs._set(key, handle)
+                result[key] = handle
+            self._names = tuple(sorted(self._definitions))
+        self._worker.wake()
+        return result
+
+    def get_job(self, name: str) -> JobHandle[Any, Any] | None:
+        """The handle registered under a job name, or None."""
+        return self._handles.get(name)
+
+    def on(self, event_type: str, handler: Listener) -> Callable[[], None]:
+        """Subscribe to one event type or "*"; returns an unsubscribe function."""
+        return self._events.on(event_type, handler)
+
+    def on_error(self, handler: ErrorHandler) -> Callable[[], None]:
+        """`handler(exc, event)` is called when a listener raises."""
+        return self._events.on_error(handler)
+
+    def use(self, plugin: Any) -> Any:
+        """Install a plugin: any object with `install(durably)`."""
+        install = getattr(plugin, "install", None)
+        if not callable(install):
+            raise TypeError(f"{plugin!r} is not a durably plugin: it has no install(durably)")
+        install(self)
+        return plugin
+
+    # -- the worker --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker in the background; returns at once. A second call is a no-op."""
+        self._check_open()
+        self._worker.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming and wait for runs in flight.
+
+        With a timeout, a run still in flight when it expires is released back to
+        pending at its next step boundary; stop returns once that happened.
+        """
+        self._worker.stop(timeout)
+
+    def process_one(self) -> bool:
+        """Claim and execute at most one run in the calling thread; True if one ran."""
+        self._check_open()
+        lease = self._worker.claim()
+        if lease is None:
+            return False
+        self._worker.execute(lease)
+        return True
+
+    def process_until_idle(self, max_runs: int | None = None) -> int:
+        """Run `process_one` until nothing is claimable (or `max_runs` ran)."""
+        _check_non_negative("max_runs", max_runs)
+        count = 0
+        while (max_runs is None or count < max_runs) and self.process_one():
+            count += 1
+        return count
+
+    async def process_one_async(self) -> bool:
+        """`process_one` on the running loop: async jobs run here, sync jobs in a thread."""
+        self._check_open()
+        lease = await asyncio.to_thread(self._worker.claim)
+        if lease is None:
+            return False
+        self._worker.track(lease)
+        try:
+            await RunExecution(self, lease, self._job_for(lease.job_name)).run_async()
+        finally:
+            self._worker.untrack(lease)
+        return True
+
+    async def process_until_idle_async(self, max_runs: int | None = None) -> int:
+        _check_non_negative("max_runs", max_runs)
+        count = 0
+        while (max_runs is None or count < max_runs) and await self.process_one_async():
+            count += 1
+        return count
+
+    # -- run state ---------------------------------------------------------------------
+
+    def retry(self, run_id: str) -> None:
+        """failed/cancelled -> pending; completed steps are kept and skipped on the rerun."""
+        job_name = self._store.retry(run_id)
+        self._events.emit("run:retry", run_id=run_id, job_name=job_name)
+        self._worker.wake()
+
+    def cancel(self, run_id: str) -> None:
+        """pending/running -> cancelled; a running run stops at its next step boundary."""
+        _, job_name = self._store.cancel(run_id)
+        lease = self._worker.active_lease(run_id)
+        if lease is not None:
+            lease.cancel_requested = True
+        self._events.emit("run:cancel", run_id=run_id, job_name=job_name)
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a terminal run with its steps and logs; frees its idempotency key."""
+        self._store.delete_run(run_id)
+
+    def get_run(self, run_id: str) -> Run | None:
+        return self._store.get_run(run_id)
+
+    def get_runs(
+        self,
+        *,
+        job_name: str | Sequence[str] | None = None,
+        status: RunStatus | Sequence[RunStatus] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[Run]:
+        """Runs newest first (created_at, then id, descending)."""
+        statuses = _as_list(status, "status")
+        for s in statuses or ():
+            if s not in RUN_STATUSES:
+                raise ValueError(f"unknown status {s!r}; expected one of {', '.join(RUN_STATUSES)}")
+        _check_non_negative("limit", limit)
+        _check_non_negative("offset", offset)
+        return self._store.get_runs(
+            job_names=_as_list(job_name, "job_name"),
+            statuses=statuses,
+            limit=limit,
+            offset=offset,
+        )
+
+    def get_steps(self, run_id: str) -> list[StepRecord]:
+        """The persisted steps of a run, in index order."""
+        return self._store.get_steps(run_id)
+
+    def get_logs(self, run_id: str) -> list[LogEntry]:
+        """The persisted logs of a run (empty unless log persistence is on)."""
+        return self._store.get_logs(run_id)
+
+    def subscribe(self, run_id: str) -> RunSubscription:
+        """The events of one run as they happen; ends after its terminal event."""
+        return RunSubscription(self, run_id)
+
+    def subscribe_async(self, run_id: str) -> AsyncIterator[BaseEvent]:
+        """The async iterator form of `subscribe` (call it inside a running loop)."""
+        return AsyncRunSubscription(self, run_id)
+
+    # -- async twins -------------------------------------------------------------------
+
+    async def migrate_async(self) -> None:
+        await asyncio.to_thread(self.migrate)
+
+    async def stop_async(self, timeout: float | None = None) -> None:
+        await asyncio.to_thread(self.stop, timeout)
+
+    async def retry_async(self, run_id: str) -> None:
+        await asyncio.to_thread(self.retry, run_id)
+
+    async def cancel_async(self, run_id: str) -> None:
+        await asyncio.to_thread(self.cancel, run_id)
+
+    async def delete_run_async(self, run_id: str) -> None:
+        await asyncio.to_thread(self.delete_run, run_id)
+
+    async def get_run_async(self, run_id: str) -> Run | None:
+        return await asyncio.to_thread(self.get_run, run_id)
+
+    async def get_runs_async(
+        self,
+        *,
+        job_name: str | Sequence[str] | None = None,
+        status: RunStatus | Sequence[RunStatus] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[Run]:
+        return await asyncio.to_thread(
+            self.get_runs, job_name=job_name, status=status, limit=limit, offset=offset
+        )
+
+    async def get_steps_async(self, run_id: str) -> list[StepRecord]:
+        return await asyncio.to_thread(self.get_steps, run_id)
+
+    async def get_logs_async(self, run_id: str) -> list[LogEntry]:
+        return await asyncio.to_thread(self.get_logs, run_id)
+
+    async def close_async(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DurablyError("this Durably instance is closed")
+
+    def close(self) -> None:
+        """Stop the worker (waiting for runs in flight) and close the database."""
+        if self._closed:
+            return
+        self._worker.stop()
+        self._worker.close()
+        self._closed = True
+        self.dialect.close()
+
+    def __enter__(self) -> Durably:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Durably:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close_async()
+
+
+def create_durably(
+    database: str | Dialect = "sqlite:///durably.db",
+    *,
+    polling_interval: float = 1.0,
+    heartbeat_interval: float = 5.0,
+    stale_threshold: float = 30.0,
+    max_concurrent_runs: int = 1,
+    clock: Clock | None = None,
+) -> Durably:
+    """Create a Durably instance on a database URL (or a ready Dialect instance)."""
+    return Durably(
+        as_dialect(database),
+        polling_interval=polling_interval,
+        heartbeat_interval=heartbeat_interval,
+        stale_threshold=stale_threshold,
+        max_concurrent_runs=max_concurrent_runs,
+        clock=clock,
+    )

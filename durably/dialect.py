@@ -1,0 +1,211 @@
+"""The `Dialect` protocol and dialect resolution by URL through pluggy.
+
+The core talks to a database only through this protocol. Adapters (the built-in ones in
+`durably_dialects` and third-party ones) announce themselves through the hook
+`durably_dialect_for_url`, discovered under the entry-point group `durably.dialects`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import pluggy
+
+from .errors import DialectNotFoundError
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.engine.interfaces import Dialect as SADialect
+
+ENTRY_POINT_GROUP = "durably.dialects"
+
+hookspec = pluggy.HookspecMarker("durably")
+hookimpl = pluggy.HookimplMarker("durably")
+
+Params = Sequence[Any] | Mapping[str, Any]
+
+
+class Cursor(Protocol):
+    """What executing one statement gives back (a DB-API cursor satisfies it)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Sequence[Any] | None: ...
+
+    def fetchall(self) -> Sequence[Sequence[Any]]: ...
+
+
+class Connection(Protocol):
+    """A connection inside a transaction: runs SQL compiled for the dialect's paramstyle."""
+
+    def execute(self, sql: str, params: Params = ...) -> Cursor: ...
+
+    def executemany(self, sql: str, params: Sequence[Params]) -> None: ...
+
+
+class Migrator(Protocol):
+    """What the core hands to `Dialect.migrate`: runs alembic on a SQLAlchemy connection."""
+
+    def upgrade(self, connection: sa.Connection) -> None:
+        """Upgrade durably's tables to head on `connection` (a transaction is open)."""
+        ...
+
+
+@runtime_checkable
+class Dialect(Protocol):
+    """What durably needs from a database.
+
+    - `sqlalchemy_dialect` compiles the core's statements (SQL text and paramstyle);
+      statements are compiled once per dialect and cached by the store.
+    - `transaction()` opens an atomic, serialised read-write transaction; on SQLite-like
+      backends it must take the write lock at once (`BEGIN IMMEDIATE`), so that a
+      select-then-update claim is atomic.
+    - `read()` gives a connection for reads outside any write transaction.
+    - `integrity_errors` are the exception types the driver raises on a UNIQUE violation.
+    - `skip_locked` says the backend supports `SELECT ... FOR UPDATE SKIP LOCKED`.
+    - `migrate(migrator)` runs `migrator.upgrade(conn)` on a SQLAlchemy connection, holding
+      a lock that serialises concurrent migrations across processes.
+    """
+
+    url: str
+    sqlalchemy_dialect: SADialect
+    integrity_errors: tuple[type[BaseException], ...]
+    skip_locked: bool
+
+    def transaction(self) -> AbstractContextManager[Connection]: ...
+
+    def read(self) -> AbstractContextManager[Connection]: ...
+
+    def migrate(self, migrator: Migrator) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class DialectSpec:
+    """Hook specifications a dialect plugin implements."""
+
+    @hookspec(firstresult=True)
+    def durably_dialect_for_url(self, url: str) -> Dialect | None:
+        """Return a Dialect for `url`, or None when the URL is not this plugin's."""
+
+    @hookspec
+    def durably_dialect_schemes(self) -> list[str]:  # type: ignore[empty-body]
+        """The URL schemes this plugin handles, for listings and error messages."""
+
+
+# Schemes durably knows of, with the extra that provides them: lets an error for a
+# missing adapter say what to install, without the core importing any adapter.
+KNOWN_SCHEMES: dict[str, str] = {
+    "libsql": "libsql",
+    "libsql+ws": "libsql",
+    "libsql+wss": "libsql",
+    "libsql+http": "libsql",
+    "libsql+https": "libsql",
+    "libsql+file": "libsql",
+    "postgresql": "postgres",
+    "postgresql+psycopg": "postgres",
+    "postgresql+psycopg2": "postgres",
+    "postgres": "postgres",
+    "mysql": "mysql",
+    "mysql+pymysql": "mysql",
+    "mariadb": "mysql",
+    "mariadb+pymysql": "mysql",
+}
+
+_lock = threading.Lock()
+_manager: pluggy.PluginManager | None = None
+
+
+def _plugin_manager() -> pluggy.PluginManager:
+    global _manager
+    with _lock:
+        if _manager is None:
+            pm = pluggy.PluginManager("durably")
+            pm.add_hookspecs(DialectSpec)
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            _manager = pm
+        return _manager
+
+
+def register_dialect_plugin(plugin: object) -> None:
+    """Register a dialect plugin in this process (an object or module with hookimpls)."""
+    pm = _plugin_manager()
+    if not pm.is_registered(plugin):
+        pm.register(plugin)
+
+
+def unregister_dialect_plugin(plugin: object) -> None:
+    """Remove a plugin registered with `register_dialect_plugin`."""
+    pm = _plugin_manager()
+    if pm.is_registered(plugin):
+        pm.unregister(plugin)
+
+
+def installed_schemes() -> list[str]:
+    """Every URL scheme some installed dialect plugin claims, sorted."""
+    schemes: set[str] = set()
+    for result in _plugin_manager().hook.durably_dialect_schemes():
+        schemes.update(result or [])
+    return sorted(schemes)
+
+
+def url_scheme(url: str) -> str:
+    """The scheme of a database URL (`sqlite` for `sqlite:///x.db`)."""
+    head, sep, _ = url.partition(":")
+    return head.lower() if sep else ""
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password or auth token hidden, for messages and logs."""
+    import re
+
+    url = re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"((?:auth_)?token=)[^&]*", r"\1***", url)
+
+
+def resolve_dialect(url: str) -> Dialect:
+    """The Dialect that `url` selects among the installed plugins."""
+    if not isinstance(url, str) or not url:
+        raise DialectNotFoundError(f"a database URL must be a non-empty string, got {url!r}")
+    dialect: Dialect | None = _plugin_manager().hook.durably_dialect_for_url(url=url)
+    if dialect is not None:
+        return dialect
+    scheme = url_scheme(url)
+    installed = ", ".join(installed_schemes()) or "none"
+    extra = KNOWN_SCHEMES.get(scheme)
+    if extra is None and "+" in scheme:
+        extra = KNOWN_SCHEMES.get(scheme.split("+", 1)[0])
+    hint = (
+        f"; install it with: pip install 'durably[{extra}]'"
+        if extra
+        else "; a third-party dialect plugin may provide it (entry-point group 'durably.dialects')"
+    )
+    raise DialectNotFoundError(
+        f"no dialect for {redact_url(url)!r} (scheme {scheme!r}); "
+        f"installed schemes: {installed}{hint}"
+    )
+
+
+def iter_plugins() -> Iterator[tuple[str | None, object]]:
+    """(name, plugin) of every registered dialect plugin."""
+    pm = _plugin_manager()
+    for plugin in pm.get_plugins():
+        yield pm.get_name(plugin), plugin
+
+
+def as_dialect(target: str | Dialect) -> Dialect:
+    """Accept a URL or a ready Dialect instance."""
+    if isinstance(target, str):
+        return resolve_dialect(target)
+    missing = [
+        attr
+        for attr in ("sqlalchemy_dialect", "transaction", "read", "migrate", "close")
+        if not hasattr(target, attr)
+    ]
+    if missing:
+        raise TypeError(f"{type(target).__name__} is not a Dialect: it lacks {', '.join(missing)}")
+    return target

@@ -1,0 +1,170 @@
+"""`JobHandle`: triggering a registered job and reading its runs."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .errors import InputValidationError, RunCancelledError, RunFailedError
+from .ids import new_ulid
+from .records import BatchItem, Run, RunStatus, TriggerResult
+from .store import NewRun, dumps
+
+if TYPE_CHECKING:
+    from .app import Durably
+    from .jobs import JobDefinition
+
+I = TypeVar("I")  # noqa: E741
+O = TypeVar("O")  # noqa: E741
+
+
+def _check_key(kind: str, value: str | None) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise TypeError(f"{kind} must be a non-empty string or None, got {value!r}")
+    return value
+
+
+class JobHandle(Generic[I, O]):
+    """A job registered with a Durably instance."""
+
+    def __init__(self, durably: Durably, definition: JobDefinition[I, O]) -> None:
+        self._d = durably
+        self.definition = definition
+
+    @property
+    def name(self) -> str:
+        """The job name."""
+        return self.definition.name
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.name!r})"
+
+    # -- triggering --------------------------------------------------------------------
+
+    def _new_run(
+        self, item: Any, idempotency_key: str | None, concurrency_key: str | None
+    ) -> NewRun:
+        value = self.definition.validate_input(item)
+        return NewRun(
+            id=new_ulid(),
+            job_name=self.name,
+            payload_json=dumps(self.definition.dump_input(value)),
+            idempotency_key=_check_key("idempotency_key", idempotency_key),
+            concurrency_key=_check_key("concurrency_key", concurrency_key),
+        )
+
+    def trigger(
+        self,
+        input: I | Any,
+        *,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+    ) -> Run:
+        """Validate `input` and store a pending run; an existing idempotency key returns its run."""
+        new = self._new_run(input, idempotency_key, concurrency_key)
+        return self._d._create_runs([new])[0]
+
+    def batch_trigger(self, items: Iterable[I | BatchItem | Any]) -> list[Run]:
+        """Validate every item, then write all runs in one transaction (all or nothing)."""
+        new_runs: list[NewRun] = []
+        for position, item in enumerate(items):
+            try:
+                if isinstance(item, BatchItem):
+                    new_runs.append(
+                        self._new_run(item.payload, item.idempotency_key, item.concurrency_key)
+                    )
+                else:
+                    new_runs.append(self._new_run(item, None, None))
+            except InputValidationError as exc:
+                raise InputValidationError(f"batch item {position}: {exc}", exc.errors) from exc
+        if not new_runs:
+            return []
+        return self._d._create_runs(new_runs)
+
+    def _result(self, run: Run) -> TriggerResult[O]:
+        if run.status == "failed":
+            raise RunFailedError(run.id, run.error)
+        if run.status == "cancelled":
+            raise RunCancelledError(run.id)
+        return TriggerResult(id=run.id, output=self.definition.validate_output(run.output))
+
+    def trigger_and_wait(
+        self,
+        input: I | Any,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+    ) -> TriggerResult[O]:
+        """Trigger and block until the run ends; raises if it fails, is cancelled or times out."""
+        run = self.trigger(input, idempotency_key=idempotency_key, concurrency_key=concurrency_key)
+        return self._result(self._d._wait_for(run.id, timeout))
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _typed(self, run: Run) -> Run:
+        if run.status == "completed" and self.definition.output_adapter is not None:
+            return dataclasses.replace(run, output=self.definition.validate_output(run.output))
+        return run
+
+    def get_run(self, run_id: str) -> Run | None:
+        """This job's run, with `output` parsed into the output type; None for other jobs."""
+        run = self._d.get_run(run_id)
+        if run is None or run.job_name != self.name:
+            return None
+        return self._typed(run)
+
+    def get_runs(
+        self,
+        *,
+        status: RunStatus | Sequence[RunStatus] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[Run]:
+        """This job's runs, newest first."""
+        runs = self._d.get_runs(job_name=self.name, status=status, limit=limit, offset=offset)
+        return [self._typed(r) for r in runs]
+
+    # -- async twins -------------------------------------------------------------------
+
+    async def trigger_async(
+        self,
+        input: I | Any,
+        *,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+    ) -> Run:
+        return await asyncio.to_thread(
+            self.trigger, input, idempotency_key=idempotency_key, concurrency_key=concurrency_key
+        )
+
+    async def batch_trigger_async(self, items: Iterable[I | BatchItem | Any]) -> list[Run]:
+        items = list(items)
+        return await asyncio.to_thread(self.batch_trigger, items)
+
+    async def trigger_and_wait_async(
+        self,
+        input: I | Any,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+    ) -> TriggerResult[O]:
+        run = await self.trigger_async(
+            input, idempotency_key=idempotency_key, concurrency_key=concurrency_key
+        )
+        return self._result(await self._d._wait_for_async(run.id, timeout))
+
+    async def get_run_async(self, run_id: str) -> Run | None:
+        return await asyncio.to_thread(self.get_run, run_id)
+
+    async def get_runs_async(
+        self,
+        *,
+        status: RunStatus | Sequence[RunStatus] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[Run]:
+        return await asyncio.to_thread(self.get_runs, status=status, limit=limit, offset=offset)

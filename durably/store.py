@@ -1,0 +1,793 @@
+"""Every read and write of runs, steps and logs, on top of a `Dialect`.
+
+Statements are SQLAlchemy Core expressions over `schema.metadata`, compiled once per
+dialect and cached; the dialect only executes the resulting SQL text. Every write made
+for a claimed run is fenced by the run's lease generation and `status = 'running'`, so a
+worker that lost its claim (stale, cancelled, reclaimed) changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from .clock import Clock, from_db, to_db
+from .dialect import Connection, Dialect
+from .errors import InvalidRunStateError, RunNotFoundError
+from .events import Progress
+from .ids import new_ulid
+from .records import LogEntry, Run, StepRecord
+from .schema import logs, runs, steps
+
+logger = logging.getLogger("durably.store")
+
+_json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_json_loads = json.loads
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of a JSON-ready value."""
+    return _json_dumps(value)
+
+
+def loads(text: str | None) -> Any:
+    """Parse stored JSON text (None stays None)."""
+    return None if text is None else _json_loads(text)
+
+
+class _Sql:
+    """One compiled statement: SQL text plus a binder for the driver's paramstyle."""
+
+    __slots__ = ("_defaults", "_names", "text")
+
+    def __init__(self, stmt: sa.sql.ClauseElement, dialect: Any) -> None:
+        compiled: Any = stmt.compile(dialect=dialect)
+        self.text: str = compiled.string
+        self._defaults: dict[str, Any] = dict(compiled.params)
+        names = compiled.positiontup if compiled.positional else None
+        self._names: tuple[str, ...] | None = tuple(names) if names is not None else None
+
+    def bind(self, values: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+        names = self._names
+        if names is None:
+            if self._defaults:
+                return {**self._defaults, **values}
+            return values
+        if self._defaults:
+            merged = {**self._defaults, **values}
+            return tuple([merged[n] for n in names])
+        return tuple([values[n] for n in names])
+
+
+P = sa.bindparam
+_RUN_COLUMNS = (
+    runs.c.id,
+    runs.c.job_name,
+    runs.c.status,
+    runs.c.payload,
+    runs.c.output,
+    runs.c.error,
+    runs.c.progress,
+    runs.c.idempotency_key,
+    runs.c.concurrency_key,
+    runs.c.current_step_index,
+    runs.c.created_at,
+    runs.c.updated_at,
+    runs.c.started_at,
+    runs.c.completed_at,
+    runs.c.heartbeat_at,
+    runs.c.failed_step_name,
+    runs.c.lease_generation,
+)
+_STEP_COLUMNS = (
+    steps.c.id,
+    steps.c.run_id,
+    steps.c.name,
+    steps.c.index,
+    steps.c.status,
+    steps.c.output,
+    steps.c.error,
+    steps.c.started_at,
+    steps.c.completed_at,
+)
+_LOG_COLUMNS = (
+    logs.c.id,
+    logs.c.run_id,
+    logs.c.step_name,
+    logs.c.level,
+    logs.c.message,
+    logs.c.data,
+    logs.c.created_at,
+)
+
+
+def _progress_from_db(text: str | None) -> Progress | None:
+    if text is None:
+        return None
+    data = _json_loads(text)
+    return Progress(data.get("current"), data.get("total"), data.get("message"))
+
+
+def run_from_row(row: Sequence[Any]) -> Run:
+    """Build a `Run` from a row selected with `_RUN_COLUMNS`."""
+    return Run(
+        id=row[0],
+        job_name=row[1],
+        status=row[2],
+        payload=loads(row[3]),
+        output=loads(row[4]),
+        error=row[5],
+        progress=_progress_from_db(row[6]),
+        idempotency_key=row[7],
+        concurrency_key=row[8],
+        current_step_index=row[9],
+        created_at=from_db(row[10]),  # type: ignore[arg-type]
+        updated_at=from_db(row[11]),  # type: ignore[arg-type]
+        started_at=from_db(row[12]),
+        completed_at=from_db(row[13]),
+        heartbeat_at=from_db(row[14]),
+        failed_step_name=row[15],
+    )
+
+
+@dataclass
+class Lease:
+    """A worker's claim on a run: the generation fences every write made for it."""
+
+    run_id: str
+    job_name: str
+    generation: int
+    payload: Any
+    first_claim: bool
+    # set from other threads; read at step boundaries
+    cancel_requested: bool = False
+    release_requested: bool = False
+    lost: bool = False
+    last_write: float = 0.0
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run to insert."""
+
+    id: str
+    job_name: str
+    payload_json: str
+    idempotency_key: str | None
+    concurrency_key: str | None
+
+
+class Store:
+    """Reads and writes durably's tables through one Dialect."""
+
+    def __init__(self, dialect: Dialect, clock: Clock) -> None:
+        self.dialect = dialect
+        self._clock = clock
+        self._sa = dialect.sqlalchemy_dialect
+        self._integrity = tuple(dialect.integrity_errors)
+        self._cache: dict[Hashable, _Sql] = {}
+        self._skip_locked = bool(getattr(dialect, "skip_locked", False))
+
+    # -- statement cache -------------------------------------------------------------
+
+    def _sql(self, key: Hashable, build: Callable[[], sa.sql.ClauseElement]) -> _Sql:
+        sql = self._cache.get(key)
+        if sql is None:
+            sql = self._cache[key] = _Sql(build(), self._sa)
+        return sql
+
+    def _exec(self, conn: Connection, sql: _Sql, **values: Any) -> Any:
+        return conn.execute(sql.text, sql.bind(values))
+
+    def now(self) -> str:
+        return to_db(self._clock.now())
+
+    # -- creating runs ---------------------------------------------------------------
+
+    def create_runs(self, new_runs: Sequence[NewRun]) -> list[tuple[Run, bool]]:
+        """Insert runs in one transaction; an existing idempotency key returns its run.
+
+        Returns (run, created) per input, in order. All or nothing.
+        """
+        for attempt in range(3):
+            try:
+                return self._create_runs_once(new_runs)
+            except self._integrity:
+                # a concurrent trigger inserted one of our idempotency keys first;
+                # the next attempt finds it and returns it
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _create_runs_once(self, new_runs: Sequence[NewRun]) -> list[tuple[Run, bool]]:
+        now = self.now()
+        find = self._sql(
+            "find_idempotent",
+            lambda: sa.select(*_RUN_COLUMNS).where(
+                runs.c.job_name == P("job_name"), runs.c.idempotency_key == P("key")
+            ),
+        )
+        insert = self._sql(
+            "insert_run",
+            lambda: runs.insert().values(
+                id=P("id"),
+                job_name=P("job_name"),
+                payload=P("payload"),
+                status="pending",
+                idempotency_key=P("idempotency_key"),
+                concurrency_key=P("concurrency_key"),
+                current_step_index=0,
+                lease_generation=0,
+                created_at=P("now"),
+                updated_at=P("now"),
+            ),
+        )
+        results: list[tuple[Run, bool]] = []
+        to_insert: list[Any] = []
+        seen_keys: dict[tuple[str, str], Run] = {}
+        created_at = from_db(now)
+        assert created_at is not None
+        with self.dialect.transaction() as conn:
+            for new in new_runs:
+                if new.idempotency_key is not None:
+                    key = (new.job_name, new.idempotency_key)
+                    existing = seen_keys.get(key)
+                    if existing is None:
+                        row = self._exec(
+                            conn, find, job_name=new.job_name, key=new.idempotency_key
+                        ).fetchone()
+                        if row is not None:
+                            existing = run_from_row(row)
+                            seen_keys[key] = existing
+                    if existing is not None:
+                        results.append((existing, False))
+                        continue
+                run = Run(
+                    id=new.id,
+                    job_name=new.job_name,
+                    status="pending",
+                    payload=loads(new.payload_json),
+                    output=None,
+                    error=None,
+                    progress=None,
+                    idempotency_key=new.idempotency_key,
+                    concurrency_key=new.concurrency_key,
+                    current_step_index=0,
+                    created_at=created_at,
+                    updated_at=created_at,
+                    started_at=None,
+                    completed_at=None,
+                )
+                if new.idempotency_key is not None:
+                    seen_keys[(new.job_name, new.idempotency_key)] = run
+                results.append((run, True))
+                to_insert.append(
+                    insert.bind(
+                        {
+                            "id": new.id,
+                            "job_name": new.job_name,
+                            "payload": new.payload_json,
+                            "idempotency_key": new.idempotency_key,
+                            "concurrency_key": new.concurrency_key,
+                            "now": now,
+                        }
+                    )
+                )
+            if len(to_insert) == 1:
+                conn.execute(insert.text, to_insert[0])
+            elif to_insert:
+                conn.executemany(insert.text, to_insert)
+        return results
+
+    # -- claiming --------------------------------------------------------------------
+
+    def claim(self, job_names: Sequence[str], owner: str) -> Lease | None:
+        """Atomically take the oldest claimable pending run of `job_names`."""
+        if not job_names:
+            return None
+        names = tuple(sorted(job_names))
+        select_sql = self._sql(("claim_select", len(names)), lambda: self._claim_select(len(names)))
+        update_sql = self._sql(
+            "claim_update",
+            lambda: (
+                runs.update()
+                .where(
+                    runs.c.id == P("id"),
+                    runs.c.status == "pending",
+                    runs.c.lease_generation == P("old_generation"),
+                )
+                .values(
+                    status="running",
+                    lease_generation=P("generation"),
+                    lease_owner=P("owner"),
+                    active_concurrency_key=runs.c.concurrency_key,
+                    heartbeat_at=P("now"),
+                    started_at=sa.func.coalesce(runs.c.started_at, P("now")),
+                    updated_at=P("now"),
+                )
+            ),
+        )
+        params = {f"job_{i}": name for i, name in enumerate(names)}
+        for _ in range(5):
+            try:
+                with self.dialect.transaction() as conn:
+                    row = self._exec(conn, select_sql, **params).fetchone()
+                    if row is None:
+                        return None
+                    run_id, job_name, payload, generation = row
+                    updated = self._exec(
+                        conn,
+                        update_sql,
+                        id=run_id,
+                        old_generation=generation,
+                        generation=generation + 1,
+                        owner=owner,
+                        now=self.now(),
+                    )
+                    if updated.rowcount != 1:
+                        continue
+                    return Lease(
+                        run_id=run_id,
+                        job_name=job_name,
+                        generation=generation + 1,
+                        payload=loads(payload),
+                        first_claim=generation == 0,
+                    )
+            except self._integrity:
+                # another claimer took the same concurrency key between our select and
+                # update (possible where claims are not serialised); look again
+                continue
+        return None
+
+    def _claim_select(self, n: int) -> sa.sql.ClauseElement:
+        held = (
+            sa.select(runs.c.active_concurrency_key)
+            .where(runs.c.active_concurrency_key.is_not(None))
+            .scalar_subquery()
+        )
+        stmt = (
+            sa.select(runs.c.id, runs.c.job_name, runs.c.payload, runs.c.lease_generation)
+            .where(
+                runs.c.status == "pending",
+                runs.c.job_name.in_([P(f"job_{i}") for i in range(n)]),
+                sa.or_(runs.c.concurrency_key.is_(None), runs.c.concurrency_key.not_in(held)),
+            )
+            .order_by(runs.c.created_at, runs.c.id)
+            .limit(1)
+        )
+        if self._skip_locked:
+            stmt = stmt.with_for_update(skip_locked=True)
+        return stmt
+
+    def recover_stale(self, stale_before: str) -> int:
+        """Return running runs whose heartbeat is older than `stale_before` to pending."""
+        sql = self._sql(
+            "recover_stale",
+            lambda: (
+                runs.update()
+                .where(runs.c.status == "running", runs.c.heartbeat_at < P("cutoff"))
+                .values(
+                    status="pending",
+                    active_concurrency_key=None,
+                    lease_owner=None,
+                    updated_at=P("now"),
+                )
+            ),
+        )
+        with self.dialect.transaction() as conn:
+            count = int(self._exec(conn, sql, cutoff=stale_before, now=self.now()).rowcount)
+        if count:
+            logger.info("returned %d stale run(s) to pending", count)
+        return count
+
+    # -- writes fenced by the lease ----------------------------------------------------
+
+    def completed_steps(self, run_id: str) -> dict[str, str | None]:
+        """name -> stored output JSON of the run's completed steps."""
+        sql = self._sql(
+            "completed_steps",
+            lambda: sa.select(steps.c.name, steps.c.output).where(
+                steps.c.run_id == P("run_id"), steps.c.status == "completed"
+            ),
+        )
+        with self.dialect.read() as conn:
+            return {
+                name: output for name, output in self._exec(conn, sql, run_id=run_id).fetchall()
+            }
+
+    def _fence(self, conn: Connection, lease: Lease, now: str, next_index: int | None) -> bool:
+        if next_index is None:
+            sql = self._sql(
+                "touch",
+                lambda: (
+                    runs.update()
+                    .where(
+                        runs.c.id == P("id"),
+                        runs.c.lease_generation == P("generation"),
+                        runs.c.status == "running",
+                    )
+                    .values(heartbeat_at=P("now"), updated_at=P("now"))
+                ),
+            )
+            cur = self._exec(conn, sql, id=lease.run_id, generation=lease.generation, now=now)
+        else:
+            sql = self._sql(
+                "advance",
+                lambda: (
+                    runs.update()
+                    .where(
+                        runs.c.id == P("id"),
+                        runs.c.lease_generation == P("generation"),
+                        runs.c.status == "running",
+                    )
+                    .values(
+                        current_step_index=P("index"), heartbeat_at=P("now"), updated_at=P("now")
+                    )
+                ),
+            )
+            cur = self._exec(
+                conn, sql, id=lease.run_id, generation=lease.generation, now=now, index=next_index
+            )
+        return bool(cur.rowcount == 1)
+
+    def persist_step(
+        self,
+        lease: Lease,
+        *,
+        index: int,
+        name: str,
+        status: str,
+        output_json: str | None,
+        error: str | None,
+        started_at: str,
+    ) -> bool:
+        """Record a finished step and advance the run, in one transaction; False if fenced off."""
+        sql = self._sql(
+            "insert_step",
+            lambda: steps.insert().values(
+                id=P("id"),
+                run_id=P("run_id"),
+                name=P("name"),
+                index=P("index"),
+                status=P("status"),
+                output=P("output"),
+                error=P("error"),
+                started_at=P("started_at"),
+                completed_at=P("completed_at"),
+            ),
+        )
+        now = self.now()
+        with self.dialect.transaction() as conn:
+            next_index = index + 1 if status == "completed" else None
+            if not self._fence(conn, lease, now, next_index):
+                return False
+            self._exec(
+                conn,
+                sql,
+                id=new_ulid(),
+                run_id=lease.run_id,
+                name=name,
+                index=index,
+                status=status,
+                output=output_json,
+                error=error,
+                started_at=started_at,
+                completed_at=now,
+            )
+        return True
+
+    def set_progress(self, lease: Lease, progress: Progress) -> bool:
+        sql = self._sql(
+            "set_progress",
+            lambda: (
+                runs.update()
+                .where(
+                    runs.c.id == P("id"),
+                    runs.c.lease_generation == P("generation"),
+                    runs.c.status == "running",
+                )
+                .values(progress=P("progress"), heartbeat_at=P("now"), updated_at=P("now"))
+            ),
+        )
+        data: dict[str, Any] = {"current": progress.current}
+        if progress.total is not None:
+            data["total"] = progress.total
+        if progress.message is not None:
+            data["message"] = progress.message
+        with self.dialect.transaction() as conn:
+            cur = self._exec(
+                conn,
+                sql,
+                id=lease.run_id,
+                generation=lease.generation,
+                progress=dumps(data),
+                now=self.now(),
+            )
+            return bool(cur.rowcount == 1)
+
+    def heartbeat(self, lease: Lease) -> bool:
+        with self.dialect.transaction() as conn:
+            return self._fence(conn, lease, self.now(), None)
+
+    def _finish(self, lease: Lease, key: str, values: dict[str, Any], **params: Any) -> bool:
+        sql = self._sql(
+            key,
+            lambda: (
+                runs.update()
+                .where(
+                    runs.c.id == P("id"),
+                    runs.c.lease_generation == P("generation"),
+                    runs.c.status == "running",
+                )
+                .values(active_concurrency_key=None, updated_at=P("now"), **values)
+            ),
+        )
+        with self.dialect.transaction() as conn:
+            cur = self._exec(
+                conn, sql, id=lease.run_id, generation=lease.generation, now=self.now(), **params
+            )
+            return bool(cur.rowcount == 1)
+
+    def complete(self, lease: Lease, output_json: str | None) -> bool:
+        return self._finish(
+            lease,
+            "complete",
+            {"status": "completed", "output": P("output"), "completed_at": P("now")},
+            output=output_json,
+        )
+
+    def fail(self, lease: Lease, error: str, failed_step_name: str | None) -> bool:
+        return self._finish(
+            lease,
+            "fail",
+            {
+                "status": "failed",
+                "error": P("error"),
+                "failed_step_name": P("step"),
+                "completed_at": P("now"),
+            },
+            error=error,
+            step=failed_step_name,
+        )
+
+    def release(self, lease: Lease) -> bool:
+        """Give a claimed run back to pending so another worker resumes it at once."""
+        return self._finish(lease, "release", {"status": "pending", "lease_owner": None})
+
+    # -- state changes requested by users ----------------------------------------------
+
+    def _status_of(self, conn: Connection, run_id: str) -> tuple[str, str]:
+        sql = self._sql(
+            "status_of",
+            lambda: sa.select(runs.c.status, runs.c.job_name).where(runs.c.id == P("id")),
+        )
+        row = self._exec(conn, sql, id=run_id).fetchone()
+        if row is None:
+            raise RunNotFoundError(run_id)
+        return row[0], row[1]
+
+    def cancel(self, run_id: str) -> tuple[str, str]:
+        """pending/running -> cancelled; returns (previous status, job name)."""
+        sql = self._sql(
+            "cancel",
+            lambda: (
+                runs.update()
+                .where(runs.c.id == P("id"), runs.c.status.in_(["pending", "running"]))
+                .values(
+                    status="cancelled",
+                    active_concurrency_key=None,
+                    completed_at=P("now"),
+                    updated_at=P("now"),
+                )
+            ),
+        )
+        with self.dialect.transaction() as conn:
+            status, job_name = self._status_of(conn, run_id)
+            if status not in ("pending", "running"):
+                raise InvalidRunStateError(run_id, status, "cancel", "pending or running")
+            self._exec(conn, sql, id=run_id, now=self.now())
+        return status, job_name
+
+    def retry(self, run_id: str) -> str:
+        """failed/cancelled -> pending, dropping failed step records; returns the job name."""
+        sql = self._sql(
+            "retry",
+            lambda: (
+                runs.update()
+                .where(runs.c.id == P("id"), runs.c.status.in_(["failed", "cancelled"]))
+                .values(
+                    status="pending",
+                    output=None,
+                    error=None,
+                    failed_step_name=None,
+                    lease_owner=None,
+                    heartbeat_at=None,
+                    started_at=None,
+                    completed_at=None,
+                    updated_at=P("now"),
+                )
+            ),
+        )
+        drop_failed = self._sql(
+            "drop_failed_steps",
+            lambda: steps.delete().where(steps.c.run_id == P("id"), steps.c.status != "completed"),
+        )
+        with self.dialect.transaction() as conn:
+            status, job_name = self._status_of(conn, run_id)
+            if status not in ("failed", "cancelled"):
+                raise InvalidRunStateError(run_id, status, "retry", "failed or cancelled")
+            self._exec(conn, sql, id=run_id, now=self.now())
+            self._exec(conn, drop_failed, id=run_id)
+        return job_name
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a terminal run with its steps and logs."""
+        statements = [
+            self._sql("delete_steps", lambda: steps.delete().where(steps.c.run_id == P("id"))),
+            self._sql("delete_logs", lambda: logs.delete().where(logs.c.run_id == P("id"))),
+            self._sql(
+                "delete_run",
+                lambda: runs.delete().where(
+                    runs.c.id == P("id"), runs.c.status.in_(["completed", "failed", "cancelled"])
+                ),
+            ),
+        ]
+        with self.dialect.transaction() as conn:
+            status, _ = self._status_of(conn, run_id)
+            if status not in ("completed", "failed", "cancelled"):
+                raise InvalidRunStateError(
+                    run_id, status, "delete", "completed, failed or cancelled"
+                )
+            for sql in statements:
+                self._exec(conn, sql, id=run_id)
+
+    # -- reads -----------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run | None:
+        sql = self._sql("get_run", lambda: sa.select(*_RUN_COLUMNS).where(runs.c.id == P("id")))
+        with self.dialect.read() as conn:
+            row = self._exec(conn, sql, id=run_id).fetchone()
+        return None if row is None else run_from_row(row)
+
+    def get_runs(
+        self,
+        *,
+        job_names: Sequence[str] | None = None,
+        statuses: Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[Run]:
+        nj = None if job_names is None else len(job_names)
+        ns = None if statuses is None else len(statuses)
+        has_limit = limit is not None
+        has_offset = bool(offset)
+
+        def build() -> sa.sql.ClauseElement:
+            stmt = sa.select(*_RUN_COLUMNS)
+            if nj is not None:
+                stmt = stmt.where(runs.c.job_name.in_([P(f"job_{i}") for i in range(nj)]))
+            if ns is not None:
+                stmt = stmt.where(runs.c.status.in_([P(f"status_{i}") for i in range(ns)]))
+            stmt = stmt.order_by(runs.c.created_at.desc(), runs.c.id.desc())
+            if has_limit:
+                stmt = stmt.limit(P("limit", type_=sa.Integer))
+            if has_offset:
+                if not has_limit and self._sa.name in ("mysql", "mariadb", "sqlite"):
+                    # these need a LIMIT before OFFSET; use the largest one they accept
+                    stmt = stmt.limit(P("limit", type_=sa.Integer))
+                stmt = stmt.offset(P("offset", type_=sa.Integer))
+            return stmt
+
+        sql = self._sql(("get_runs", nj, ns, has_limit, has_offset), build)
+        params: dict[str, Any] = {}
+        for i, name in enumerate(job_names or ()):
+            params[f"job_{i}"] = name
+        for i, status in enumerate(statuses or ()):
+            params[f"status_{i}"] = status
+        if has_limit:
+            params["limit"] = limit
+        if has_offset:
+            params["offset"] = offset
+            if not has_limit:
+                params["limit"] = 2**62
+        if nj == 0 or ns == 0:
+            return []
+        with self.dialect.read() as conn:
+            rows = self._exec(conn, sql, **params).fetchall()
+        return [run_from_row(row) for row in rows]
+
+    def get_steps(self, run_id: str) -> list[StepRecord]:
+        sql = self._sql(
+            "get_steps",
+            lambda: (
+                sa.select(*_STEP_COLUMNS)
+                .where(steps.c.run_id == P("run_id"))
+                .order_by(steps.c.index, steps.c.id)
+            ),
+        )
+        with self.dialect.read() as conn:
+            rows = self._exec(conn, sql, run_id=run_id).fetchall()
+        return [
+            StepRecord(
+                id=r[0],
+                run_id=r[1],
+                name=r[2],
+                index=r[3],
+                status=r[4],
+                output=loads(r[5]),
+                error=r[6],
+                started_at=from_db(r[7]),  # type: ignore[arg-type]
+                completed_at=from_db(r[8]),
+            )
+            for r in rows
+        ]
+
+    def count_steps(self, run_id: str) -> int:
+        sql = self._sql(
+            "count_steps",
+            lambda: (
+                sa.select(sa.func.count()).select_from(steps).where(steps.c.run_id == P("run_id"))
+            ),
+        )
+        with self.dialect.read() as conn:
+            row = self._exec(conn, sql, run_id=run_id).fetchone()
+        return int(row[0]) if row else 0
+
+    def insert_logs(self, entries: Iterable[LogEntry]) -> None:
+        sql = self._sql(
+            "insert_log",
+            lambda: logs.insert().values(
+                id=P("id"),
+                run_id=P("run_id"),
+                step_name=P("step_name"),
+                level=P("level"),
+                message=P("message"),
+                data=P("data"),
+                created_at=P("created_at"),
+            ),
+        )
+        rows = [
+            sql.bind(
+                {
+                    "id": e.id,
+                    "run_id": e.run_id,
+                    "step_name": e.step_name,
+                    "level": e.level,
+                    "message": e.message,
+                    "data": None if e.data is None else dumps(e.data),
+                    "created_at": to_db(e.created_at),
+                }
+            )
+            for e in entries
+        ]
+        if not rows:
+            return
+        with self.dialect.transaction() as conn:
+            conn.executemany(sql.text, rows)
+
+    def get_logs(self, run_id: str) -> list[LogEntry]:
+        sql = self._sql(
+            "get_logs",
+            lambda: (
+                sa.select(*_LOG_COLUMNS).where(logs.c.run_id == P("run_id")).order_by(logs.c.id)
+            ),
+        )
+        with self.dialect.read() as conn:
+            rows = self._exec(conn, sql, run_id=run_id).fetchall()
+        return [
+            LogEntry(
+                id=r[0],
+                run_id=r[1],
+                step_name=r[2],
+                level=r[3],
+                message=r[4],
+                data=loads(r[5]),
+                created_at=from_db(r[6]),  # type: ignore[arg-type]
+            )
+            for r in rows
+        ]

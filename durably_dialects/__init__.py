@@ -1,0 +1,1 @@
+"""Database adapters for durably, each registered through the `durably.dialects` hook."""

@@ -31,12 +31,12 @@ class SystemClock:
 
 def to_db(dt: datetime) -> str:
     """The stored form of a timestamp: fixed-width ISO-8601 UTC, so text order is time order."""
-    if dt.tzinfo is not None:
+    if dt.tzinfo is None:
+        raise ValueError(f"timestamps must be timezone-aware, got {dt!r}")
+    if dt.tzinfo is not timezone.utc:
         dt = dt.astimezone(timezone.utc)
-    return (
-        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
-        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{dt.microsecond:06d}Z"
-    )
+    # "YYYY-MM-DDTHH:MM:SS.ffffff+00:00" -> "...ffffffZ"
+    return dt.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def from_db(value: str | None) -> datetime | None:

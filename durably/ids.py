@@ -8,6 +8,8 @@ import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _RANDOM_MAX = (1 << 80) - 1
+# two characters (10 bits) at a time: a ULID is 13 table lookups
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 
 
 class UlidGenerator:
@@ -34,11 +36,13 @@ class UlidGenerator:
             self._last_ms = now
             self._last_rand = rand
         value = (now << 80) | rand
-        chars = []
-        for _ in range(26):
-            chars.append(_ALPHABET[value & 31])
-            value >>= 5
-        return "".join(reversed(chars))
+        pairs = _PAIRS
+        chunks = []
+        for _ in range(13):
+            chunks.append(pairs[value & 1023])
+            value >>= 10
+        chunks.reverse()
+        return "".join(chunks)
 
 
 _default = UlidGenerator()

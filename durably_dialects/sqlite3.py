@@ -131,10 +131,11 @@ class SqliteDialect:
             raw.execute("BEGIN IMMEDIATE")
             try:
                 yield _Conn(raw)
+                raw.execute("COMMIT")
             except BaseException:
-                raw.execute("ROLLBACK")
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
                 raise
-            raw.execute("COMMIT")
 
     @contextmanager
     def read(self) -> Iterator[_Conn]:

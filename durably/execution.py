@@ -171,7 +171,10 @@ class RunExecution:
         lease = self.lease
         self._started_mono = self.clock.monotonic()
         if not lease.first_claim:
-            self.completed = self.store.completed_steps(lease.run_id)
+            try:
+                self.completed = self.store.completed_steps(lease.run_id)
+            except Exception as exc:
+                raise StoreFailure(exc) from exc
         self.events.emit(
             "run:start", run_id=lease.run_id, job_name=lease.job_name, payload=lease.payload
         )

@@ -97,7 +97,9 @@ class Worker:
 
     def untrack(self, lease: Lease) -> None:
         with self._active_lock:
-            self._active.pop(lease.run_id, None)
+            # the run may have been retried and claimed again here under a new lease
+            if self._active.get(lease.run_id) is lease:
+                del self._active[lease.run_id]
 
     # -- background slots --------------------------------------------------------------
 

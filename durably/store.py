@@ -48,7 +48,10 @@ class _Sql:
     def __init__(self, stmt: sa.sql.ClauseElement, dialect: Any) -> None:
         compiled: Any = stmt.compile(dialect=dialect)
         self.text: str = compiled.string
-        self._defaults: dict[str, Any] = dict(compiled.params)
+        # values fixed in the statement itself (literals); the rest must be passed in
+        self._defaults: dict[str, Any] = {
+            name: bind.value for name, bind in compiled.binds.items() if not bind.required
+        }
         names = compiled.positiontup if compiled.positional else None
         self._names: tuple[str, ...] | None = tuple(names) if names is not None else None
 
@@ -104,6 +107,12 @@ _LOG_COLUMNS = (
     logs.c.data,
     logs.c.created_at,
 )
+
+
+def _status_in(*statuses: str) -> sa.ColumnElement[bool]:
+    # IN over literal values compiles to a post-compile expansion that needs
+    # SQLAlchemy's execution; OR of plain comparisons compiles to ordinary SQL text
+    return sa.or_(*[runs.c.status == s for s in statuses])
 
 
 def _progress_from_db(text: str | None) -> Progress | None:
@@ -577,7 +586,7 @@ class Store:
             "cancel",
             lambda: (
                 runs.update()
-                .where(runs.c.id == P("id"), runs.c.status.in_(["pending", "running"]))
+                .where(runs.c.id == P("id"), _status_in("pending", "running"))
                 .values(
                     status="cancelled",
                     active_concurrency_key=None,
@@ -599,7 +608,7 @@ class Store:
             "retry",
             lambda: (
                 runs.update()
-                .where(runs.c.id == P("id"), runs.c.status.in_(["failed", "cancelled"]))
+                .where(runs.c.id == P("id"), _status_in("failed", "cancelled"))
                 .values(
                     status="pending",
                     output=None,
@@ -633,7 +642,7 @@ class Store:
             self._sql(
                 "delete_run",
                 lambda: runs.delete().where(
-                    runs.c.id == P("id"), runs.c.status.in_(["completed", "failed", "cancelled"])
+                    runs.c.id == P("id"), _status_in("completed", "failed", "cancelled")
                 ),
             ),
         ]

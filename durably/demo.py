@@ -1,0 +1,258 @@
+"""`durably demo`: a batch job to interrupt with Ctrl-C and resume where it stopped.
+
+Written against the public API only, so it doubles as an example. The job runs in the
+background worker while the main thread waits in `trigger_and_wait`; Ctrl-C lands in the
+main thread, which stops the worker with a short timeout, so the run goes back to
+pending at its next step boundary and the next `durably demo` resumes it at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+from pydantic import BaseModel, Field
+
+from durably import (
+    Durably,
+    RunProgressEvent,
+    StepCompleteEvent,
+    StepContext,
+    create_durably,
+    define_job,
+)
+
+JOB_NAME = "import-orders"
+IDEMPOTENCY_KEY = "demo"
+DEFAULT_DB = "durably-demo.db"
+DEFAULT_STEP_SECONDS = 0.6
+# Short on purpose: a run left `running` by a killed demo becomes claimable after 2 s.
+HEARTBEAT_INTERVAL = 0.5
+STALE_THRESHOLD = 2.0
+POLLING_INTERVAL = 0.2
+# How long a Ctrl-C waits for the run in flight to finish before releasing it.
+STOP_TIMEOUT = 0.0
+EXIT_INTERRUPTED = 130
+BAR_WIDTH = 16
+MAX_BATCHES = 1000
+
+
+class ImportOrdersInput(BaseModel):
+    """How many batches of orders to import."""
+
+    batches: int = Field(default=8, ge=1, le=MAX_BATCHES)
+
+
+class ImportOrdersOutput(BaseModel):
+    """What the import did."""
+
+    batches: int
+    orders: int
+
+
+def orders_in_batch(batch: int) -> int:
+    """A deterministic stand-in for the number of orders one batch imports."""
+    return 100 + (batch * 37) % 50
+
+
+def _import_batch(step: StepContext, batch: int, seconds: float) -> Callable[[], int]:
+    """The work of one step: pretend to import a batch, return how many orders it had."""
+
+    def work() -> int:
+        time.sleep(seconds)
+        orders = orders_in_batch(batch)
+        step.log.info(f"imported batch {batch}", {"batch": batch, "orders": orders})
+        return orders
+
+    return work
+
+
+def import_orders(
+    step: StepContext, payload: ImportOrdersInput, step_seconds: float
+) -> ImportOrdersOutput:
+    """The demo job: one persisted step per batch, progress after each."""
+    total = payload.batches
+    orders = 0
+    for batch in range(1, total + 1):
+        orders += step.run(f"batch-{batch}", _import_batch(step, batch, step_seconds))
+        step.progress(batch, total, f"imported batch {batch} of {total}")
+    return ImportOrdersOutput(batches=total, orders=orders)
+
+
+def database_url(db: str) -> str:
+    """A URL stays as it is; anything else is a SQLite file path."""
+    return db if "://" in db else f"sqlite:///{db}"
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _completed_steps(durably: Durably, run_id: str) -> int:
+    return sum(1 for record in durably.get_steps(run_id) if record.status == "completed")
+
+
+def _watch(durably: Durably, already_done: int) -> None:
+    """Print a line per step that runs and per progress report; mark replayed steps."""
+
+    def on_step_complete(event: StepCompleteEvent) -> None:
+        _say(f"    {event.step_name}: {event.output} orders in {event.duration:.2f} s")
+
+    def on_progress(event: RunProgressEvent) -> None:
+        progress = event.progress
+        current = int(progress.current)
+        total = int(progress.total or current)
+        filled = round(BAR_WIDTH * current / total) if total else BAR_WIDTH
+        bar = "#" * filled + "." * (BAR_WIDTH - filled)
+        note = "  (done in an earlier run: skipped)" if current <= already_done else ""
+        _say(f"  [{bar}] {current}/{total} {progress.message or ''}{note}")
+
+    durably.on("step:complete", on_step_complete)
+    durably.on("run:progress", on_progress)
+
+
+def _wait_until_released(durably: Durably, run_id: str, limit: float) -> bool:
+    """After Ctrl-C: wait until the run left `running`; True if it did within `limit`."""
+    deadline = time.monotonic() + limit
+    while True:
+        run = durably.get_run(run_id)
+        if run is None or run.status != "running":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def run_demo(db: str, batches: int, step_seconds: float) -> int:
+    """Start or resume the demo run and wait for it; the exit status of `durably demo`."""
+
+    def job_function(step: StepContext, payload: ImportOrdersInput) -> ImportOrdersOutput:
+        return import_orders(step, payload, step_seconds)
+
+    job = define_job(
+        name=JOB_NAME, input=ImportOrdersInput, output=ImportOrdersOutput, run=job_function
+    )
+    payload = ImportOrdersInput(batches=batches)
+    url = database_url(db)
+
+    with create_durably(
+        url,
+        polling_interval=POLLING_INTERVAL,
+        heartbeat_interval=HEARTBEAT_INTERVAL,
+        stale_threshold=STALE_THRESHOLD,
+    ) as durably:
+        durably.migrate()
+        handle = durably.register({"import_orders": job})["import_orders"]
+
+        # The idempotency key brings back the unfinished run of an earlier invocation.
+        run = handle.trigger(payload, idempotency_key=IDEMPOTENCY_KEY)
+        if run.status in ("completed", "failed", "cancelled"):
+            durably.delete_run(run.id)
+            run = handle.trigger(payload, idempotency_key=IDEMPOTENCY_KEY)
+
+        total = ImportOrdersInput.model_validate(run.payload).batches
+        done = _completed_steps(durably, run.id)
+        _say(f"database: {url}")
+        if done or run.status == "running":
+            _say(
+                f"resuming run {run.id}: {done} of {total} steps already done, "
+                "they will not run again"
+            )
+        else:
+            _say(f"starting run {run.id} of {JOB_NAME!r}: {total} steps")
+        if run.status == "running":
+            _say("  it is still marked running by an interrupted process (or another demo);")
+            _say(f"  waiting for its lease to expire ({STALE_THRESHOLD:.0f} s without heartbeat)")
+        _say("  press Ctrl-C at any time, then run `durably demo` again to resume")
+
+        _watch(durably, done)
+        started = time.monotonic()
+        durably.start()
+        try:
+            result = handle.trigger_and_wait(payload, idempotency_key=IDEMPOTENCY_KEY)
+        except KeyboardInterrupt:
+            _say("\nstopping: the step in flight finishes, then the run goes back to pending")
+            try:
+                durably.stop(timeout=STOP_TIMEOUT)
+                released = _wait_until_released(durably, run.id, step_seconds + 5.0)
+            except KeyboardInterrupt:
+                released = False
+            done = _completed_steps(durably, run.id)
+            if released:
+                _say(
+                    f"interrupted; run again to resume from step {done + 1} "
+                    f"({done} of {total} done)"
+                )
+            else:
+                _say(
+                    f"interrupted; run again to resume from step {done + 1} once the "
+                    f"lease expires ({STALE_THRESHOLD:.0f} s)"
+                )
+            return EXIT_INTERRUPTED
+
+        output = result.output
+        elapsed = time.monotonic() - started
+        _say(
+            f"run {result.id} completed in {elapsed:.1f} s: "
+            f"imported {output.orders} orders in {output.batches} batches"
+        )
+        durably.delete_run(result.id)
+        _say("the completed run was deleted, so `durably demo` starts a fresh run next time")
+    return 0
+
+
+def integer(text: str) -> int:
+    """An argparse type: a batch count (its name shows in argparse's messages)."""
+    value = int(text)
+    if not 1 <= value <= MAX_BATCHES:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_BATCHES}, got {value}")
+    return value
+
+
+def number(text: str) -> float:
+    """An argparse type: a non-negative number of seconds."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The demo's options; fills `parser` when given (the `durably demo` subcommand)."""
+    if parser is None:
+        parser = argparse.ArgumentParser(
+            prog="durably demo", description="Run a resumable demo batch job."
+        )
+    parser.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        help=f"SQLite file or database URL (default: {DEFAULT_DB})",
+    )
+    parser.add_argument(
+        "--batches",
+        type=integer,
+        default=ImportOrdersInput().batches,
+        help="steps of a new run; a resumed run keeps its own (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--step-seconds",
+        type=number,
+        default=DEFAULT_STEP_SECONDS,
+        help="simulated work per step (default: %(default)s)",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo with options parsed by `build_parser`."""
+    try:
+        return run_demo(args.db, args.batches, args.step_seconds)
+    except KeyboardInterrupt:
+        _say("\ninterrupted")
+        return EXIT_INTERRUPTED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `durably demo`; returns the exit status."""
+    return run(build_parser().parse_args(argv))

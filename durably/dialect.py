@@ -69,6 +69,12 @@ class Dialect(Protocol):
     - `skip_locked` says the backend supports `SELECT ... FOR UPDATE SKIP LOCKED`.
     - `migrate(migrator)` runs `migrator.upgrade(conn)` on a SQLAlchemy connection, holding
       a lock that serialises concurrent migrations across processes.
+
+    Optional members, used when present:
+    - `notify(conn)`: called inside a write transaction that made runs claimable, to wake
+      workers in other processes when it commits (PostgreSQL: `NOTIFY`).
+    - `listen(callback) -> stop | None`: call `callback` on such wake-ups; the worker uses
+      it while started. Polling stays the fallback.
     """
 
     url: str

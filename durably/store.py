@@ -153,6 +153,7 @@ class Lease:
     generation: int
     payload: Any
     first_claim: bool
+    concurrency_key: str | None = None
     # set from other threads; read at step boundaries
     cancel_requested: bool = False
     release_requested: bool = False
@@ -181,6 +182,7 @@ class Store:
         self._integrity = tuple(dialect.integrity_errors)
         self._cache: dict[Hashable, _Sql] = {}
         self._skip_locked = bool(getattr(dialect, "skip_locked", False))
+        self._notify: Callable[[Connection], None] | None = getattr(dialect, "notify", None)
 
     # -- statement cache -------------------------------------------------------------
 
@@ -291,6 +293,8 @@ class Store:
                 conn.execute(insert.text, to_insert[0])
             elif to_insert:
                 conn.executemany(insert.text, to_insert)
+            if to_insert and self._notify is not None:
+                self._notify(conn)
         return results
 
     # -- claiming --------------------------------------------------------------------
@@ -328,7 +332,7 @@ class Store:
                     row = self._exec(conn, select_sql, **params).fetchone()
                     if row is None:
                         return None
-                    run_id, job_name, payload, generation = row
+                    run_id, job_name, payload, generation, concurrency_key = row
                     updated = self._exec(
                         conn,
                         update_sql,
@@ -346,6 +350,7 @@ class Store:
                         generation=generation + 1,
                         payload=loads(payload),
                         first_claim=generation == 0,
+                        concurrency_key=concurrency_key,
                     )
             except self._integrity:
                 # another claimer took the same concurrency key between our select and
@@ -360,7 +365,13 @@ class Store:
             .scalar_subquery()
         )
         stmt = (
-            sa.select(runs.c.id, runs.c.job_name, runs.c.payload, runs.c.lease_generation)
+            sa.select(
+                runs.c.id,
+                runs.c.job_name,
+                runs.c.payload,
+                runs.c.lease_generation,
+                runs.c.concurrency_key,
+            )
             .where(
                 runs.c.status == "pending",
                 runs.c.job_name.in_([P(f"job_{i}") for i in range(n)]),
@@ -390,6 +401,8 @@ class Store:
         )
         with self.dialect.transaction() as conn:
             count = int(self._exec(conn, sql, cutoff=stale_before, now=self.now()).rowcount)
+            if count and self._notify is not None:
+                self._notify(conn)
         if count:
             logger.info("returned %d stale run(s) to pending", count)
         return count
@@ -540,7 +553,12 @@ class Store:
             cur = self._exec(
                 conn, sql, id=lease.run_id, generation=lease.generation, now=self.now(), **params
             )
-            return bool(cur.rowcount == 1)
+            done = bool(cur.rowcount == 1)
+            # a released run, or a freed concurrency key, is claimable elsewhere now
+            wakes = key == "release" or lease.concurrency_key is not None
+            if done and wakes and self._notify is not None:
+                self._notify(conn)
+            return done
 
     def complete(self, lease: Lease, output_json: str | None) -> bool:
         return self._finish(
@@ -632,6 +650,8 @@ class Store:
                 raise InvalidRunStateError(run_id, status, "retry", "failed or cancelled")
             self._exec(conn, sql, id=run_id, now=self.now())
             self._exec(conn, drop_failed, id=run_id)
+            if self._notify is not None:
+                self._notify(conn)
         return job_name
 
     def delete_run(self, run_id: str) -> None:

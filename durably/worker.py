@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,7 @@ class Worker:
         self._recovery_lock = threading.Lock()
         self._next_recovery = 0.0
         self._lifecycle = threading.Lock()
+        self._unlisten: Callable[[], None] | None = None
 
     # -- wake-ups ----------------------------------------------------------------------
 
@@ -112,6 +114,9 @@ class Worker:
             if self._slots and not self._stopping.is_set():
                 return
             self._stopping.clear()
+            listen = getattr(self._d.dialect, "listen", None)
+            if listen is not None and self._unlisten is None:
+                self._unlisten = listen(self.wake)
             self._slots = [
                 threading.Thread(target=self._slot_loop, name=f"durably-slot-{i}", daemon=True)
                 for i in range(self._d.max_concurrent_runs)
@@ -163,6 +168,9 @@ class Worker:
                 for thread in slots:
                     thread.join()
             self._slots = []
+            unlisten, self._unlisten = self._unlisten, None
+            if unlisten is not None:
+                unlisten()
 
     # -- heartbeat ---------------------------------------------------------------------
 

@@ -1,0 +1,215 @@
+"""Any SQLAlchemy URL: PostgreSQL (psycopg 3), MySQL/MariaDB (PyMySQL), SQLite via pysqlite.
+
+The core's statements are compiled for the engine's dialect and run with
+`exec_driver_sql` on pooled connections, so the per-statement cost is the driver's.
+Claims on PostgreSQL and MySQL/MariaDB use `FOR UPDATE SKIP LOCKED` (the store picks it
+from `skip_locked`); the UNIQUE constraint on `active_concurrency_key` makes the
+concurrency key safe under concurrent claimers. MySQL runs at READ COMMITTED so that
+locking reads take no gap locks. Migrations hold `pg_advisory_lock` / `GET_LOCK` (or
+`BEGIN IMMEDIATE` on SQLite) so that concurrent `migrate()` calls are serialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from durably import DialectNotFoundError, hookimpl
+
+# extra that installs the driver a URL needs, by SQLAlchemy backend name
+_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+_LOCK_NAME = "durably_migrate"
+_CHANNEL = "durably_wakeup"
+logger = logging.getLogger("durably.dialects.sqlalchemy")
+_PG_LOCK_KEY = zlib.crc32(_LOCK_NAME.encode())
+
+
+class _Conn:
+    """Adapts a SQLAlchemy connection to the core's Connection protocol."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        return self._conn.exec_driver_sql(sql, params)
+
+    def executemany(self, sql: str, params: Sequence[Any]) -> None:
+        self._conn.exec_driver_sql(sql, list(params))
+
+
+class SqlAlchemyDialect:
+    """durably's Dialect over a SQLAlchemy engine."""
+
+    integrity_errors: tuple[type[BaseException], ...] = (sa.exc.IntegrityError,)
+
+    def __init__(self, url: str, **engine_options: Any) -> None:
+        self.url = url
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+        options: dict[str, Any] = {"pool_pre_ping": True, **engine_options}
+        if backend in ("mysql", "mariadb"):
+            options.setdefault("isolation_level", "READ COMMITTED")
+        if backend == "sqlite":
+            options.setdefault("connect_args", {"timeout": 30})
+        try:
+            self.engine = sa.create_engine(parsed, **options)
+        except ImportError as exc:
+            extra = _EXTRAS.get(backend)
+            hint = f"pip install 'durably[{extra}]'" if extra else "install its DB-API driver"
+            raise DialectNotFoundError(
+                f"the driver for {parsed.render_as_string(hide_password=True)!r} is not "
+                f"installed ({exc}); install it with: {hint}"
+            ) from exc
+        except sa.exc.NoSuchModuleError as exc:
+            raise DialectNotFoundError(
+                f"SQLAlchemy has no dialect for {parsed.drivername!r} ({exc})"
+            ) from exc
+        self.backend = backend
+        self.sqlalchemy_dialect = self.engine.dialect
+        self.skip_locked = backend in ("postgresql", "mysql", "mariadb")
+        if backend == "sqlite":
+            self._setup_sqlite()
+
+    def _setup_sqlite(self) -> None:
+        @sa.event.listens_for(self.engine, "connect")
+        def _connect(dbapi_conn: Any, record: Any) -> None:
+            # let durably emit BEGIN itself, so a write transaction takes the lock at once
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+
+        @sa.event.listens_for(self.engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Conn]:
+        with self.engine.begin() as conn:
+            yield _Conn(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[_Conn]:
+        with self.engine.connect() as conn:
+            yield _Conn(conn)
+            conn.rollback()
+
+    def notify(self, conn: _Conn) -> None:
+        """Inside a transaction that made runs claimable: wake listeners when it commits."""
+        if self.backend == "postgresql":
+            conn.execute(f"NOTIFY {_CHANNEL}")
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call `callback` when another process notifies (PostgreSQL LISTEN); returns a stopper.
+
+        Runs a thread with its own autocommit connection that reconnects after errors;
+        it also calls `callback` after each (re)connect, in case a wake-up was missed.
+        """
+        if self.backend != "postgresql":
+            return None
+        stop = threading.Event()
+        args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+        dbapi = self.engine.dialect.loaded_dbapi
+
+        def loop() -> None:
+            backoff = 0.1
+            while not stop.is_set():
+                try:
+                    conn = dbapi.connect(*args, **{**kwargs, "autocommit": True})
+                except Exception as exc:
+                    logger.warning("LISTEN connection failed, retrying: %s", exc)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                try:
+                    conn.execute(f"LISTEN {_CHANNEL}")
+                    backoff = 0.1
+                    callback()
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=0.5):
+                            callback()
+                except Exception as exc:
+                    if not stop.is_set():
+                        logger.warning("LISTEN connection lost, reconnecting: %s", exc)
+                finally:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+
+        thread = threading.Thread(target=loop, name="durably-listen", daemon=True)
+        thread.start()
+
+        def stopper() -> None:
+            stop.set()
+            thread.join(timeout=5)
+
+        return stopper
+
+    def migrate(self, migrator: Any) -> None:
+        with self.engine.connect() as conn:
+            if self.backend == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_LOCK_KEY})")
+                conn.commit()
+                try:
+                    migrator.upgrade(conn)
+                    conn.commit()
+                finally:
+                    conn.rollback()
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_LOCK_KEY})")
+                    conn.commit()
+            elif self.backend in ("mysql", "mariadb"):
+                got = conn.exec_driver_sql(f"SELECT GET_LOCK('{_LOCK_NAME}', 300)").scalar()
+                conn.commit()
+                if got != 1:
+                    raise TimeoutError("could not take durably's migration lock within 300 s")
+                try:
+                    migrator.upgrade(conn)
+                    conn.commit()
+                finally:
+                    conn.rollback()
+                    conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{_LOCK_NAME}')")
+                    conn.commit()
+            else:
+                with conn.begin():
+                    migrator.upgrade(conn)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class SqlAlchemyPlugin:
+    """The catch-all: any URL SQLAlchemy understands that no other plugin claimed."""
+
+    @hookimpl(trylast=True)
+    def durably_dialect_for_url(self, url: str) -> SqlAlchemyDialect | None:
+        try:
+            parsed = make_url(url)
+        except sa.exc.ArgumentError:
+            return None
+        try:
+            parsed.get_dialect()
+        except sa.exc.NoSuchModuleError:
+            return None
+        except ImportError as exc:
+            extra = _EXTRAS.get(parsed.get_backend_name())
+            hint = f"pip install 'durably[{extra}]'" if extra else "install its DB-API driver"
+            raise DialectNotFoundError(
+                f"the driver for {parsed.render_as_string(hide_password=True)!r} is not "
+                f"installed ({exc}); install it with: {hint}"
+            ) from exc
+        return SqlAlchemyDialect(url)
+
+    @hookimpl
+    def durably_dialect_schemes(self) -> list[str]:
+        return ["postgresql+psycopg", "mysql+pymysql", "mariadb+pymysql", "sqlite+pysqlite"]
+
+
+plugin = SqlAlchemyPlugin()

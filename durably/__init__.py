@@ -19,6 +19,7 @@ from .dialect import (
     unregister_dialect_plugin,
 )
 from .errors import (
+    ConfigurationError,
     DialectNotFoundError,
     DuplicateStepError,
     DurablyError,
@@ -61,6 +62,7 @@ __all__ = [
     "BaseEvent",
     "BatchItem",
     "Clock",
+    "ConfigurationError",
     "Connection",
     "Cursor",
     "Dialect",

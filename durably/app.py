@@ -11,7 +11,7 @@ from typing import Any
 
 from .clock import Clock, SystemClock
 from .dialect import Dialect, as_dialect, redact_url
-from .errors import DurablyError, MigrationError
+from .errors import ConfigurationError, DurablyError, MigrationError
 from .events import BaseEvent, ErrorHandler, EventEmitter, Listener
 from .execution import RunExecution
 from .handle import JobHandle
@@ -84,7 +84,7 @@ def _as_list(value: str | Sequence[str] | None, what: str) -> list[str] | None:
 
 def _check_non_negative(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+        raise ConfigurationError(f"{name} must be a non-negative integer or None, got {value!r}")
 
 
 class Durably:
@@ -110,9 +110,11 @@ class Durably:
             ("stale_threshold", stale_threshold),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, got {value!r}"
+                )
         if heartbeat_interval >= stale_threshold:
-            raise ValueError(
+            raise ConfigurationError(
                 f"heartbeat_interval ({heartbeat_interval} s) must be shorter than "
                 f"stale_threshold ({stale_threshold} s), or healthy runs would look stale"
             )
@@ -121,7 +123,7 @@ class Durably:
             or not isinstance(max_concurrent_runs, int)
             or max_concurrent_runs < 1
         ):
-            raise ValueError(
+            raise ConfigurationError(
                 f"max_concurrent_runs must be a positive integer, got {max_concurrent_runs!r}"
             )
         self.polling_interval = float(polling_interval)
@@ -320,7 +322,9 @@ class Durably:
         statuses = _as_list(status, "status")
         for s in statuses or ():
             if s not in RUN_STATUSES:
-                raise ValueError(f"unknown status {s!r}; expected one of {', '.join(RUN_STATUSES)}")
+                raise ConfigurationError(
+                    f"unknown status {s!r}; expected one of {', '.join(RUN_STATUSES)}"
+                )
         _check_non_negative("limit", limit)
         _check_non_negative("offset", offset)
         return self._store.get_runs(

@@ -7,6 +7,7 @@ The core talks to a database only through this protocol. Adapters (the built-in 
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -132,9 +133,27 @@ def _plugin_manager() -> pluggy.PluginManager:
         if _manager is None:
             pm = pluggy.PluginManager("durably")
             pm.add_hookspecs(DialectSpec)
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            _load_entry_points(pm)
             _manager = pm
         return _manager
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """Register every plugin of the `durably.dialects` group: a class, an instance or a module.
+
+    pluggy's own loader registers the loaded object as is; a class would then be called
+    without an instance, so classes are instantiated here.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        plugin = ep.load()
+        if inspect.isclass(plugin):
+            plugin = plugin()
+        if not pm.is_registered(plugin):
+            pm.register(plugin, name=ep.name)
 
 
 def register_dialect_plugin(plugin: object) -> None:

@@ -79,6 +79,10 @@ class WaitTimeoutError(DurablyError, TimeoutError):
         self.timeout = timeout
 
 
+class ConfigurationError(DurablyError, ValueError):
+    """An option or database URL is invalid."""
+
+
 class DialectNotFoundError(DurablyError, ValueError):
     """No installed dialect handles a database URL (or its driver is missing)."""
 

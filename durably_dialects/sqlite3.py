@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +24,7 @@ from urllib.parse import parse_qs
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
-from durably import DialectNotFoundError, hookimpl
+from durably import ConfigurationError, DialectNotFoundError, hookimpl
 
 SCHEMES = ("sqlite",)
 
@@ -83,7 +84,9 @@ class SqliteDialect:
         self.path = path
         sync = options.get("synchronous", "NORMAL").upper()
         if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"bad synchronous={sync!r} in {url!r}: use OFF, NORMAL, FULL or EXTRA")
+            raise ConfigurationError(
+                f"bad synchronous={sync!r} in {url!r}: use OFF, NORMAL, FULL or EXTRA"
+            )
         self.synchronous = sync
         self.timeout = float(options.get("timeout", "30"))
         self.sqlalchemy_dialect = sa_sqlite.dialect()
@@ -97,7 +100,7 @@ class SqliteDialect:
         else:
             directory = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(directory):
-                raise ValueError(f"directory {directory!r} for {url!r} does not exist")
+                raise ConfigurationError(f"directory {directory!r} for {url!r} does not exist")
             self._lock = _lock_for(path)
             self._shared = None
 
@@ -106,12 +109,29 @@ class SqliteDialect:
             target, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
         if target != ":memory:":
-            mode = raw.execute("PRAGMA journal_mode=WAL").fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
-                raise RuntimeError(f"could not switch {target!r} to WAL mode (got {mode!r})")
+            self._enable_wal(raw, target)
         raw.execute(f"PRAGMA synchronous={self.synchronous}")
         self._all.append(raw)
         return raw
+
+    def _enable_wal(self, raw: sqlite3.Connection, target: str) -> None:
+        # switching to WAL needs a moment of exclusive access and ignores the busy
+        # timeout, so another process's open transaction makes it fail at once: retry
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        while True:
+            try:
+                mode = raw.execute("PRAGMA journal_mode=WAL").fetchone()
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise RuntimeError(f"could not switch {target!r} to WAL mode (got {mode!r})")
 
     def _raw(self) -> sqlite3.Connection:
         if self._closed:

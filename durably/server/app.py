@@ -1,0 +1,382 @@
+"""`create_app`: the HTTP API of a Durably instance as a Starlette (ASGI) application.
+
+Routes, query names and JSON shapes follow @coji/durably 0.6's `createDurablyHandler`;
+status codes deliberately do not (400/404/409 where 0.6 answered 500), see SPEC.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, NoReturn, cast
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from durably import (
+    BaseEvent,
+    Durably,
+    InputValidationError,
+    InvalidRunStateError,
+    Run,
+    RunNotFoundError,
+    RunStatus,
+)
+from durably.subscribe import final_event
+
+from .sse import EventFeed, EventStream, frame
+from .wire import (
+    RUN_SUMMARY_TYPES,
+    STEP_SUMMARY_TYPES,
+    event_json,
+    run_json,
+    step_json,
+    summary_json,
+)
+
+logger = logging.getLogger("durably.server")
+
+Authorize = Callable[[Request], "bool | Awaitable[bool]"]
+"""`authorize(request)`, sync or async; a falsy result answers 401."""
+
+Handler = Callable[[Request], Awaitable[ASGIApp]]
+
+_RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+_TERMINAL = frozenset({"completed", "failed", "cancelled"})
+# the run status each event leaves behind, to tell a duplicate final event from a new one
+_STATUS_AFTER = {
+    "run:start": "running",
+    "run:retry": "pending",
+    "run:complete": "completed",
+    "run:fail": "failed",
+    "run:cancel": "cancelled",
+}
+_SUMMARY_TYPES = RUN_SUMMARY_TYPES | STEP_SUMMARY_TYPES | {"log:write"}
+# limits that every backend can bind (SQLite integers are 64-bit)
+_MAX_INT = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]+")
+
+
+class HTTPError(Exception):
+    """Answered as `{error: message}` with `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _bad_request(message: str) -> NoReturn:
+    raise HTTPError(400, message)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _success() -> JSONResponse:
+    return JSONResponse({"success": True})
+
+
+def _required(request: Request, name: str) -> str:
+    value = request.query_params.get(name)
+    if not value:
+        _bad_request(f"{name} query parameter is required")
+    return value
+
+
+def _non_negative_int(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if not raw:  # absent or empty: no limit, as in the original
+        return None
+    if not _DIGITS.fullmatch(raw) or int(raw) > _MAX_INT:
+        _bad_request(f"{name} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+def _optional_key(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        _bad_request(f"{name} must be a non-empty string when given, got {value!r}")
+    return value
+
+
+def _reject_constant(name: str) -> NoReturn:
+    _bad_request(f"malformed JSON body: {name} is not valid JSON")
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        body = await request.body()
+    except ClientDisconnect:
+        raise HTTPError(400, "the client disconnected before sending the body") from None
+    if not body.strip():
+        _bad_request("a JSON body is required")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise HTTPError(400, f"malformed JSON body: {exc}") from None
+
+
+class _Api:
+    """The request handlers of one Durably instance."""
+
+    def __init__(self, durably: Durably, authorize: Authorize | None) -> None:
+        self.durably = durably
+        self.authorize = authorize
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    async def allowed(self, request: Request) -> bool:
+        if self.authorize is None:
+            return True
+        if inspect.iscoroutinefunction(self.authorize):
+            result: Any = await self.authorize(request)
+        else:
+            # a sync hook may do I/O (a session lookup): keep it off the event loop
+            result = await run_in_threadpool(self.authorize, request)
+            if inspect.isawaitable(result):
+                result = await result
+        return bool(result)
+
+    async def respond(self, request: Request, handler: Handler | None) -> ASGIApp:
+        if not await self.allowed(request):
+            return _error(401, "unauthorized")
+        if handler is None:
+            return _error(404, f"not found: {request.method} {request.url.path}")
+        try:
+            return await handler(request)
+        except HTTPError as exc:
+            return _error(exc.status, exc.message)
+        except InputValidationError as exc:
+            return _error(400, str(exc))
+        except RunNotFoundError as exc:
+            return _error(404, str(exc))
+        except InvalidRunStateError as exc:
+            return _error(409, str(exc))
+        except Exception as exc:
+            logger.exception("%s %s failed", request.method, request.url.path)
+            return _error(500, f"{type(exc).__name__}: {exc}")
+
+    # -- runs --------------------------------------------------------------------------
+
+    async def trigger(self, request: Request) -> ASGIApp:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            _bad_request("the body must be a JSON object {jobName, input, ...}")
+        job_name = body.get("jobName")
+        if job_name is None or job_name == "":
+            _bad_request("jobName is required")
+        if not isinstance(job_name, str):
+            _bad_request(f"jobName must be a string, got {job_name!r}")
+        payload = body.get("input")
+        idempotency_key = _optional_key(body, "idempotencyKey")
+        concurrency_key = _optional_key(body, "concurrencyKey")
+        handle = self.durably.get_job(job_name)
+        if handle is None:
+            raise HTTPError(404, f"job not found: {job_name!r}")
+        run = await handle.trigger_async(
+            {} if payload is None else payload,
+            idempotency_key=idempotency_key,
+            concurrency_key=concurrency_key,
+        )
+        return JSONResponse({"runId": run.id})
+
+    async def run(self, request: Request) -> ASGIApp:
+        run_id = _required(request, "runId")
+        data = await asyncio.to_thread(self._run_json, run_id)
+        if data is None:
+            raise RunNotFoundError(run_id)
+        return JSONResponse(data)
+
+    def _run_json(self, run_id: str) -> dict[str, Any] | None:
+        run = self.durably.get_run(run_id)
+        if run is None:
+            return None
+        return run_json(run, self._step_count(run))
+
+    def _step_count(self, run: Run) -> int:
+        # the public API has no step count; the store's is one cheap COUNT(*)
+        return self.durably._store.count_steps(run.id)
+
+    async def runs(self, request: Request) -> ASGIApp:
+        params = request.query_params
+        job_names = [name for name in params.getlist("jobName") if name]
+        statuses = [status for status in params.getlist("status") if status]
+        for status in statuses:
+            if status not in _RUN_STATUSES:
+                _bad_request(f"status must be one of {', '.join(_RUN_STATUSES)}, got {status!r}")
+        limit = _non_negative_int(request, "limit")
+        offset = _non_negative_int(request, "offset")
+
+        def load() -> list[dict[str, Any]]:
+            runs = self.durably.get_runs(
+                job_name=job_names or None,
+                status=cast("list[RunStatus]", statuses) or None,
+                limit=limit,
+                offset=offset,
+            )
+            return [run_json(run, self._step_count(run)) for run in runs]
+
+        return JSONResponse(await asyncio.to_thread(load))
+
+    async def steps(self, request: Request) -> ASGIApp:
+        run_id = _required(request, "runId")
+        steps = await self.durably.get_steps_async(run_id)
+        return JSONResponse([step_json(step) for step in steps])
+
+    async def retry(self, request: Request) -> ASGIApp:
+        await self.durably.retry_async(_required(request, "runId"))
+        return _success()
+
+    async def cancel(self, request: Request) -> ASGIApp:
+        await self.durably.cancel_async(_required(request, "runId"))
+        return _success()
+
+    async def delete(self, request: Request) -> ASGIApp:
+        await self.durably.delete_run_async(_required(request, "runId"))
+        return _success()
+
+    # -- streams -----------------------------------------------------------------------
+
+    async def subscribe(self, request: Request) -> ASGIApp:
+        run_id = _required(request, "runId")
+
+        def accept(event: BaseEvent) -> bool:
+            return (
+                event.type != "run:trigger"
+                and event.type != "worker:error"
+                and getattr(event, "run_id", None) == run_id
+            )
+
+        # listen before reading the run, so nothing between the two is lost
+        feed = EventFeed(self.durably, accept)
+        try:
+            run = await self.durably.get_run_async(run_id)
+        except BaseException:
+            feed.close()
+            raise
+        if run is None:
+            feed.close()
+            raise RunNotFoundError(run_id)
+        return EventStream(self._run_frames(feed, run), feed.close)
+
+    async def _run_frames(self, feed: EventFeed, run: Run) -> AsyncIterator[bytes]:
+        """One run's events. Ends after run:complete or once the run is deleted.
+
+        After run:fail/run:cancel it stays open: a retry may follow, and the original's
+        client reports a server-closed stream as a connection error. Events only come
+        from this process, so the run is also polled to notice an end reached elsewhere.
+        """
+        d = self.durably
+        # the status the client last heard of; an event that repeats it is a duplicate
+        # of one synthesised from the database
+        told: str = run.status
+        if run.is_terminal:
+            yield frame(event_json(final_event(d, run)))
+            if run.status == "completed":
+                return
+        while True:
+            event = await feed.get(d.polling_interval)
+            if event is None:
+                try:
+                    current = await d.get_run_async(run.id)
+                except Exception:
+                    logger.warning("polling run %s for /subscribe failed", run.id, exc_info=True)
+                    continue
+                if current is None:
+                    return  # deleted
+                if feed.pending():
+                    continue
+                if not current.is_terminal:
+                    if told in _TERMINAL:  # retried elsewhere: its next end is news
+                        told = current.status
+                    continue
+                if current.status == told:
+                    continue
+                event = final_event(d, current)
+            status = _STATUS_AFTER.get(event.type)
+            if status is not None:
+                if status in _TERMINAL and status == told:
+                    continue
+                told = status
+            yield frame(event_json(event))
+            if event.type == "run:complete":
+                return
+
+    async def runs_subscribe(self, request: Request) -> ASGIApp:
+        job_name = request.query_params.get("jobName") or None
+
+        def accept(event: BaseEvent) -> bool:
+            if event.type not in _SUMMARY_TYPES:
+                return False
+            if job_name is None:
+                return True
+            # log:write has no job name: with a filter it cannot be matched, so it is left out
+            return event.type != "log:write" and getattr(event, "job_name", None) == job_name
+
+        feed = EventFeed(self.durably, accept)
+        return EventStream(self._summary_frames(feed), feed.close)
+
+    async def _summary_frames(self, feed: EventFeed) -> AsyncIterator[bytes]:
+        while True:
+            event = await feed.get()
+            data = summary_json(event) if event is not None else None
+            if data is not None:
+                yield frame(data)
+
+
+class _Endpoint:
+    """One path of the API. It matches every method, so an unknown one gets 404, not 405."""
+
+    def __init__(self, api: _Api, handlers: Mapping[str, Handler]) -> None:
+        self._api = api
+        self._handlers = dict(handlers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        response = await self._api.respond(request, self._handlers.get(request.method))
+        await response(scope, receive, send)
+
+
+def create_app(durably: Durably, authorize: Authorize | None = None) -> Starlette:
+    """The HTTP API of `durably` as an ASGI app, mountable under any prefix.
+
+    `authorize(request)` (sync or async) runs before every request, streams included;
+    a falsy result answers 401.
+    """
+    api = _Api(durably, authorize)
+    routes = {
+        "/trigger": {"POST": api.trigger},
+        "/run": {"GET": api.run, "DELETE": api.delete},
+        "/runs": {"GET": api.runs},
+        "/steps": {"GET": api.steps},
+        "/subscribe": {"GET": api.subscribe},
+        "/runs/subscribe": {"GET": api.runs_subscribe},
+        "/retry": {"POST": api.retry},
+        "/cancel": {"POST": api.cancel},
+    }
+    app = Starlette(
+        routes=[
+            # an ASGI endpoint (not a function) leaves `methods` None: every method matches
+            Route(path, _Endpoint(api, handlers))
+            for path, handlers in routes.items()
+        ]
+    )
+    # a path the table does not have is 404 JSON; "/runs/" is not "/runs" (no redirect)
+    app.router.redirect_slashes = False
+    app.router.default = _Endpoint(api, {})
+    return app
+
+
+__all__ = ["Authorize", "create_app"]

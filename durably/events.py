@@ -192,6 +192,7 @@ ErrorHandler = Callable[[BaseException, Any], Any]
 class _Subscription:
     handler: Listener
     loop: asyncio.AbstractEventLoop | None = field(default=None)
+    order: int = 0
 
 
 class _BackgroundLoop:
@@ -222,7 +223,11 @@ class EventEmitter:
         self._clock = clock
         self._lock = threading.Lock()
         self._sequence = itertools.count(1)
+        self._registrations = itertools.count()
         self._by_type: dict[str, list[_Subscription]] = {}
+        # per event type, its own and the "*" listeners merged in registration order;
+        # rebuilt on (un)subscribe so emit does one lookup
+        self._dispatch: dict[str, list[_Subscription]] = {}
         self._error_handlers: list[ErrorHandler] = []
 
     def on(self, event_type: str, handler: Listener) -> Callable[[], None]:
@@ -237,15 +242,32 @@ class EventEmitter:
             loop = None
         sub = _Subscription(handler, loop)
         with self._lock:
+            sub.order = next(self._registrations)
             # copy-on-write: emit iterates a snapshot without holding the lock
             self._by_type[event_type] = [*self._by_type.get(event_type, []), sub]
+            self._rebuild()
 
         def unsubscribe() -> None:
             with self._lock:
                 subs = self._by_type.get(event_type, [])
                 self._by_type[event_type] = [s for s in subs if s is not sub]
+                self._rebuild()
 
         return unsubscribe
+
+    def _rebuild(self) -> None:
+        wildcard = self._by_type.get("*", [])
+        dispatch: dict[str, list[_Subscription]] = {}
+        for event_type in EVENT_TYPES:
+            merged = [*self._by_type.get(event_type, []), *wildcard]
+            if merged:
+                merged.sort(key=lambda s: s.order)
+                dispatch[event_type] = merged
+        self._dispatch = dispatch
+
+    def listener_count(self) -> int:
+        """How many listeners are subscribed (to any type)."""
+        return sum(len(subs) for subs in self._by_type.values())
 
     def on_error(self, handler: ErrorHandler) -> Callable[[], None]:
         """Register `handler(exc, event)` for exceptions raised by listeners."""
@@ -260,8 +282,7 @@ class EventEmitter:
 
     def wants(self, event_type: str) -> bool:
         """Whether any listener would receive `event_type`: lets hot paths skip building events."""
-        by_type = self._by_type
-        return bool(by_type.get(event_type)) or bool(by_type.get("*"))
+        return event_type in self._dispatch
 
     def make(self, event_type: str, **fields: Any) -> BaseEvent:
         """Build an event with the next sequence number without delivering it."""
@@ -274,13 +295,11 @@ class EventEmitter:
 
     def emit(self, event_type: str, **fields: Any) -> BaseEvent | None:
         """Build the event (only if someone listens) and deliver it synchronously."""
-        by_type = self._by_type
-        subs = by_type.get(event_type, [])
-        wildcard = by_type.get("*", [])
-        if not subs and not wildcard:
+        subs = self._dispatch.get(event_type)
+        if subs is None:
             return None
         event = self.make(event_type, **fields)
-        for sub in (*subs, *wildcard):
+        for sub in subs:
             self._deliver(sub, event)
         return event
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from .errors import DurablyError, InputValidationError
 
@@ -47,7 +48,13 @@ class JobDefinition(Generic[I, O]):
 
     def dump_input(self, value: Any) -> Any:
         """The JSON form of a validated payload, as stored."""
-        return self.input_adapter.dump_python(value, mode="json")
+        try:
+            return self.input_adapter.dump_python(value, mode="json")
+        except (PydanticSerializationError, ValueError, TypeError) as exc:
+            raise InputValidationError(
+                f"input for job {self.name!r} cannot be stored as JSON: {exc}",
+                [{"type": "serialization", "msg": str(exc)}],
+            ) from exc
 
     def validate_output(self, value: Any) -> Any:
         """The output validated into the output type (as is when there is none)."""

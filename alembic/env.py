@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from durably.migrate import VERSION_TABLE
 from durably.schema import TABLE_NAMES, metadata
 

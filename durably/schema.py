@@ -47,6 +47,7 @@ runs = sa.Table(
     sa.Index("ix_durably_runs_claim", "status", "created_at", "id"),
     sa.Index("ix_durably_runs_job_created", "job_name", "created_at", "id"),
     sa.Index("ix_durably_runs_created", "created_at", "id"),
+    sa.Index("ix_durably_runs_concurrency", "concurrency_key", "status", "created_at"),
 )
 
 steps = sa.Table(

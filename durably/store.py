@@ -364,6 +364,17 @@ class Store:
             .where(runs.c.active_concurrency_key.is_not(None))
             .scalar_subquery()
         )
+        # only the oldest pending run of a concurrency key may be claimed: otherwise a
+        # claimer that skips a row locked by another claimer could start a later run first
+        earlier = runs.alias("earlier")
+        has_earlier = sa.exists().where(
+            earlier.c.concurrency_key == runs.c.concurrency_key,
+            earlier.c.status == "pending",
+            sa.or_(
+                earlier.c.created_at < runs.c.created_at,
+                sa.and_(earlier.c.created_at == runs.c.created_at, earlier.c.id < runs.c.id),
+            ),
+        )
         stmt = (
             sa.select(
                 runs.c.id,
@@ -375,7 +386,10 @@ class Store:
             .where(
                 runs.c.status == "pending",
                 runs.c.job_name.in_([P(f"job_{i}") for i in range(n)]),
-                sa.or_(runs.c.concurrency_key.is_(None), runs.c.concurrency_key.not_in(held)),
+                sa.or_(
+                    runs.c.concurrency_key.is_(None),
+                    sa.and_(runs.c.concurrency_key.not_in(held), ~has_earlier),
+                ),
             )
             .order_by(runs.c.created_at, runs.c.id)
             .limit(1)

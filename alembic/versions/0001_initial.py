@@ -49,6 +49,9 @@ def upgrade() -> None:
     op.create_index("ix_durably_runs_claim", "durably_runs", ["status", "created_at", "id"])
     op.create_index("ix_durably_runs_job_created", "durably_runs", ["job_name", "created_at", "id"])
     op.create_index("ix_durably_runs_created", "durably_runs", ["created_at", "id"])
+    op.create_index(
+        "ix_durably_runs_concurrency", "durably_runs", ["concurrency_key", "status", "created_at"]
+    )
 
     op.create_table(
         "durably_steps",

@@ -297,7 +297,7 @@ class Durably:
 
     def cancel(self, run_id: str) -> None:
         """pending/running -> cancelled; a running run stops at its next step boundary."""
-        _, job_name = self._store.cancel(run_id)
+        job_name = self._store.cancel(run_id)
         lease = self._worker.active_lease(run_id)
         if lease is not None:
             lease.cancel_requested = True

@@ -8,6 +8,7 @@ The core talks to a database only through this protocol. Adapters (the built-in 
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -40,6 +41,26 @@ class Cursor(Protocol):
     def fetchall(self) -> Sequence[Sequence[Any]]: ...
 
 
+class Result:
+    """A fully read statement result that stays usable after its transaction ends.
+
+    Adapters may return it from `Connection.execute`; the store reads results only after
+    the write transaction's block exits (so batch-only transports can fill them in late).
+    """
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self, rows: Sequence[Sequence[Any]], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Sequence[Any] | None:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> Sequence[Sequence[Any]]:
+        return self.rows
+
+
 class Connection(Protocol):
     """A connection inside a transaction: runs SQL compiled for the dialect's paramstyle."""
 
@@ -63,8 +84,13 @@ class Dialect(Protocol):
     - `sqlalchemy_dialect` compiles the core's statements (SQL text and paramstyle);
       statements are compiled once per dialect and cached by the store.
     - `transaction()` opens an atomic, serialised read-write transaction; on SQLite-like
-      backends it must take the write lock at once (`BEGIN IMMEDIATE`), so that a
-      select-then-update claim is atomic.
+      backends it must take the write lock at once (`BEGIN IMMEDIATE`). The results its
+      statements return must stay readable after the block exits (see `Result`): the
+      store reads them only then, so a transport without interactive transactions may
+      buffer the statements and send them as one atomic batch at exit. (The one
+      exception is the select-then-update claim used when `returning` is false, as on
+      MySQL, which needs an interactive transaction.)
+    - `returning` says `UPDATE ... RETURNING` works: claims are then one statement.
     - `read()` gives a connection for reads outside any write transaction.
     - `integrity_errors` are the exception types the driver raises on a UNIQUE violation.
     - `skip_locked` says the backend supports `SELECT ... FOR UPDATE SKIP LOCKED`.
@@ -82,6 +108,7 @@ class Dialect(Protocol):
     sqlalchemy_dialect: SADialect
     integrity_errors: tuple[type[BaseException], ...]
     skip_locked: bool
+    returning: bool
 
     def transaction(self) -> AbstractContextManager[Connection]: ...
 
@@ -125,6 +152,8 @@ KNOWN_SCHEMES: dict[str, str] = {
 
 _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
+_load_errors: dict[str, str] = {}
+logger = logging.getLogger("durably.dialect")
 
 
 def _plugin_manager() -> pluggy.PluginManager:
@@ -149,11 +178,16 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
             continue
-        plugin = ep.load()
-        if inspect.isclass(plugin):
-            plugin = plugin()
-        if not pm.is_registered(plugin):
-            pm.register(plugin, name=ep.name)
+        try:
+            plugin = ep.load()
+            if inspect.isclass(plugin):
+                plugin = plugin()
+            if not pm.is_registered(plugin):
+                pm.register(plugin, name=ep.name)
+        except Exception as exc:
+            # one broken plugin must not take every other dialect down with it
+            _load_errors[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}"
+            logger.warning("dialect plugin %r failed to load: %s", ep.name, exc)
 
 
 def register_dialect_plugin(plugin: object) -> None:
@@ -209,9 +243,14 @@ def resolve_dialect(url: str) -> Dialect:
         if extra
         else "; a third-party dialect plugin may provide it (entry-point group 'durably.dialects')"
     )
+    broken = (
+        "; plugins that failed to load: " + "; ".join(f"{k} ({v})" for k, v in _load_errors.items())
+        if _load_errors
+        else ""
+    )
     raise DialectNotFoundError(
         f"no dialect for {redact_url(url)!r} (scheme {scheme!r}); "
-        f"installed schemes: {installed}{hint}"
+        f"installed schemes: {installed}{hint}{broken}"
     )
 
 

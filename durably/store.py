@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic_core import to_json
 
 from .clock import Clock, from_db, to_db
 from .dialect import Connection, Dialect
@@ -26,13 +27,14 @@ from .schema import logs, runs, steps
 
 logger = logging.getLogger("durably.store")
 
-_json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_RETRY: Any = object()
+
 _json_loads = json.loads
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text of a JSON-ready value."""
-    return _json_dumps(value)
+    """Compact JSON text of a JSON-ready value (NaN and infinities become null, as in steps)."""
+    return to_json(value).decode()
 
 
 def loads(text: str | None) -> Any:
@@ -183,6 +185,8 @@ class Store:
         self._cache: dict[Hashable, _Sql] = {}
         self._skip_locked = bool(getattr(dialect, "skip_locked", False))
         self._notify: Callable[[Connection], None] | None = getattr(dialect, "notify", None)
+        # single-statement claims where UPDATE ... RETURNING exists
+        self._returning = bool(getattr(dialect, "returning", False))
 
     # -- statement cache -------------------------------------------------------------
 
@@ -243,57 +247,60 @@ class Store:
         seen_keys: dict[tuple[str, str], Run] = {}
         created_at = from_db(now)
         assert created_at is not None
+        keys = {(n.job_name, n.idempotency_key) for n in new_runs if n.idempotency_key is not None}
+        if keys:
+            # looked up before the write transaction, which only inserts: a key inserted
+            # concurrently in between makes the insert fail, and the caller retries
+            with self.dialect.read() as conn:
+                for job_name, key in keys:
+                    row = self._exec(conn, find, job_name=job_name, key=key).fetchone()
+                    if row is not None:
+                        seen_keys[(job_name, key)] = run_from_row(row)
+        for new in new_runs:
+            if new.idempotency_key is not None:
+                existing = seen_keys.get((new.job_name, new.idempotency_key))
+                if existing is not None:
+                    results.append((existing, False))
+                    continue
+            run = Run(
+                id=new.id,
+                job_name=new.job_name,
+                status="pending",
+                payload=loads(new.payload_json),
+                output=None,
+                error=None,
+                progress=None,
+                idempotency_key=new.idempotency_key,
+                concurrency_key=new.concurrency_key,
+                current_step_index=0,
+                created_at=created_at,
+                updated_at=created_at,
+                started_at=None,
+                completed_at=None,
+            )
+            if new.idempotency_key is not None:
+                seen_keys[(new.job_name, new.idempotency_key)] = run
+            results.append((run, True))
+            to_insert.append(
+                insert.bind(
+                    {
+                        "id": new.id,
+                        "job_name": new.job_name,
+                        "payload": new.payload_json,
+                        "idempotency_key": new.idempotency_key,
+                        "concurrency_key": new.concurrency_key,
+                        "now": now,
+                    }
+                )
+            )
+        if not to_insert:
+            return results
         with self.dialect.transaction() as conn:
-            for new in new_runs:
-                if new.idempotency_key is not None:
-                    key = (new.job_name, new.idempotency_key)
-                    existing = seen_keys.get(key)
-                    if existing is None:
-                        row = self._exec(
-                            conn, find, job_name=new.job_name, key=new.idempotency_key
-                        ).fetchone()
-                        if row is not None:
-                            existing = run_from_row(row)
-                            seen_keys[key] = existing
-                    if existing is not None:
-                        results.append((existing, False))
-                        continue
-                run = Run(
-                    id=new.id,
-                    job_name=new.job_name,
-                    status="pending",
-                    payload=loads(new.payload_json),
-                    output=None,
-                    error=None,
-                    progress=None,
-                    idempotency_key=new.idempotency_key,
-                    concurrency_key=new.concurrency_key,
-                    current_step_index=0,
-                    created_at=created_at,
-                    updated_at=created_at,
-                    started_at=None,
-                    completed_at=None,
-                )
-                if new.idempotency_key is not None:
-                    seen_keys[(new.job_name, new.idempotency_key)] = run
-                results.append((run, True))
-                to_insert.append(
-                    insert.bind(
-                        {
-                            "id": new.id,
-                            "job_name": new.job_name,
-                            "payload": new.payload_json,
-                            "idempotency_key": new.idempotency_key,
-                            "concurrency_key": new.concurrency_key,
-                            "now": now,
-                        }
-                    )
-                )
             if len(to_insert) == 1:
                 conn.execute(insert.text, to_insert[0])
             elif to_insert:
                 conn.executemany(insert.text, to_insert)
-            if to_insert and self._notify is not None:
+            if self._notify is not None:
                 self._notify(conn)
         return results
 
@@ -304,7 +311,47 @@ class Store:
         if not job_names:
             return None
         names = tuple(sorted(job_names))
-        select_sql = self._sql(("claim_select", len(names)), lambda: self._claim_select(len(names)))
+        params = {f"job_{i}": name for i, name in enumerate(names)}
+        for _ in range(5):
+            try:
+                if self._returning:
+                    row = self._claim_returning(names, owner, params)
+                else:
+                    row = self._claim_select_update(names, owner, params)
+            except self._integrity:
+                # another claimer took the same concurrency key at the same moment
+                # (possible where claims are not serialised); look again
+                continue
+            if row is None:
+                return None
+            if row is _RETRY:
+                continue
+            run_id, job_name, payload, generation, concurrency_key = row
+            return Lease(
+                run_id=run_id,
+                job_name=job_name,
+                generation=generation,
+                payload=loads(payload),
+                first_claim=generation == 1,
+                concurrency_key=concurrency_key,
+            )
+        return None
+
+    def _claim_returning(self, names: tuple[str, ...], owner: str, params: dict[str, Any]) -> Any:
+        """One statement: UPDATE ... WHERE id = (oldest claimable) RETURNING the run."""
+        sql = self._sql(("claim_returning", len(names)), lambda: self._claim_update(len(names)))
+        with self.dialect.transaction() as conn:
+            cur = self._exec(conn, sql, owner=owner, now=self.now(), **params)
+        return cur.fetchone()
+
+    def _claim_select_update(
+        self, names: tuple[str, ...], owner: str, params: dict[str, Any]
+    ) -> Any:
+        """Select the oldest claimable run (locking it), then update it: for backends
+        without UPDATE ... RETURNING (MySQL/MariaDB); needs an interactive transaction."""
+        select_sql = self._sql(
+            ("claim_select", len(names)), lambda: self._claim_candidates(len(names), full=True)
+        )
         update_sql = self._sql(
             "claim_update",
             lambda: (
@@ -314,84 +361,91 @@ class Store:
                     runs.c.status == "pending",
                     runs.c.lease_generation == P("old_generation"),
                 )
-                .values(
-                    status="running",
-                    lease_generation=P("generation"),
-                    lease_owner=P("owner"),
-                    active_concurrency_key=runs.c.concurrency_key,
-                    heartbeat_at=P("now"),
-                    started_at=sa.func.coalesce(runs.c.started_at, P("now")),
-                    updated_at=P("now"),
-                )
+                .values(**self._claim_values(P("generation")))
             ),
         )
-        params = {f"job_{i}": name for i, name in enumerate(names)}
-        for _ in range(5):
-            try:
-                with self.dialect.transaction() as conn:
-                    row = self._exec(conn, select_sql, **params).fetchone()
-                    if row is None:
-                        return None
-                    run_id, job_name, payload, generation, concurrency_key = row
-                    updated = self._exec(
-                        conn,
-                        update_sql,
-                        id=run_id,
-                        old_generation=generation,
-                        generation=generation + 1,
-                        owner=owner,
-                        now=self.now(),
-                    )
-                    if updated.rowcount != 1:
-                        continue
-                    return Lease(
-                        run_id=run_id,
-                        job_name=job_name,
-                        generation=generation + 1,
-                        payload=loads(payload),
-                        first_claim=generation == 0,
-                        concurrency_key=concurrency_key,
-                    )
-            except self._integrity:
-                # another claimer took the same concurrency key between our select and
-                # update (possible where claims are not serialised); look again
-                continue
-        return None
+        with self.dialect.transaction() as conn:
+            row = self._exec(conn, select_sql, **params).fetchone()
+            if row is None:
+                return None
+            run_id, job_name, payload, generation, concurrency_key = row
+            updated = self._exec(
+                conn,
+                update_sql,
+                id=run_id,
+                old_generation=generation,
+                generation=generation + 1,
+                owner=owner,
+                now=self.now(),
+            )
+            if updated.rowcount != 1:
+                return _RETRY
+        return run_id, job_name, payload, generation + 1, concurrency_key
 
-    def _claim_select(self, n: int) -> sa.sql.ClauseElement:
-        held = (
-            sa.select(runs.c.active_concurrency_key)
-            .where(runs.c.active_concurrency_key.is_not(None))
-            .scalar_subquery()
-        )
-        # only the oldest pending run of a concurrency key may be claimed: otherwise a
-        # claimer that skips a row locked by another claimer could start a later run first
-        earlier = runs.alias("earlier")
-        has_earlier = sa.exists().where(
-            earlier.c.concurrency_key == runs.c.concurrency_key,
-            earlier.c.status == "pending",
-            sa.or_(
-                earlier.c.created_at < runs.c.created_at,
-                sa.and_(earlier.c.created_at == runs.c.created_at, earlier.c.id < runs.c.id),
-            ),
-        )
-        stmt = (
-            sa.select(
+    @staticmethod
+    def _claim_values(generation: Any) -> dict[str, Any]:
+        return {
+            "status": "running",
+            "lease_generation": generation,
+            "lease_owner": P("owner"),
+            "active_concurrency_key": runs.c.concurrency_key,
+            "heartbeat_at": P("now"),
+            "started_at": sa.func.coalesce(runs.c.started_at, P("now")),
+            "updated_at": P("now"),
+        }
+
+    def _claim_update(self, n: int) -> sa.sql.ClauseElement:
+        candidate = self._claim_candidates(n, full=False).scalar_subquery()
+        return (
+            runs.update()
+            .where(runs.c.id == candidate, runs.c.status == "pending")
+            .values(**self._claim_values(runs.c.lease_generation + 1))
+            .returning(
                 runs.c.id,
                 runs.c.job_name,
                 runs.c.payload,
                 runs.c.lease_generation,
                 runs.c.concurrency_key,
             )
+        )
+
+    def _claim_candidates(self, n: int, *, full: bool) -> sa.Select[Any]:
+        """The oldest claimable pending run of n job names (aliases keep the subqueries
+        independent of an enclosing UPDATE of the same table)."""
+        c = runs.alias("candidate")
+        held_by = runs.alias("holder")
+        earlier = runs.alias("earlier")
+        held = (
+            sa.select(held_by.c.active_concurrency_key)
+            .where(held_by.c.active_concurrency_key.is_not(None))
+            .scalar_subquery()
+        )
+        # only the oldest pending run of a concurrency key may be claimed: otherwise a
+        # claimer that skips a row locked by another claimer could start a later run first
+        has_earlier = sa.exists().where(
+            earlier.c.concurrency_key == c.c.concurrency_key,
+            earlier.c.status == "pending",
+            sa.or_(
+                earlier.c.created_at < c.c.created_at,
+                sa.and_(earlier.c.created_at == c.c.created_at, earlier.c.id < c.c.id),
+            ),
+        )
+        columns = (
+            (c.c.id, c.c.job_name, c.c.payload, c.c.lease_generation, c.c.concurrency_key)
+            if full
+            else (c.c.id,)
+        )
+        stmt = (
+            sa.select(*columns)
             .where(
-                runs.c.status == "pending",
-                runs.c.job_name.in_([P(f"job_{i}") for i in range(n)]),
+                c.c.status == "pending",
+                c.c.job_name.in_([P(f"job_{i}") for i in range(n)]),
                 sa.or_(
-                    runs.c.concurrency_key.is_(None),
-                    sa.and_(runs.c.concurrency_key.not_in(held), ~has_earlier),
+                    c.c.concurrency_key.is_(None),
+                    sa.and_(c.c.concurrency_key.not_in(held), ~has_earlier),
                 ),
             )
-            .order_by(runs.c.created_at, runs.c.id)
+            .order_by(c.c.created_at, c.c.id)
             .limit(1)
         )
         if self._skip_locked:
@@ -414,9 +468,8 @@ class Store:
             ),
         )
         with self.dialect.transaction() as conn:
-            count = int(self._exec(conn, sql, cutoff=stale_before, now=self.now()).rowcount)
-            if count and self._notify is not None:
-                self._notify(conn)
+            cur = self._exec(conn, sql, cutoff=stale_before, now=self.now())
+        count = int(cur.rowcount)
         if count:
             logger.info("returned %d stale run(s) to pending", count)
         return count
@@ -436,40 +489,45 @@ class Store:
                 name: output for name, output in self._exec(conn, sql, run_id=run_id).fetchall()
             }
 
-    def _fence(self, conn: Connection, lease: Lease, now: str, next_index: int | None) -> bool:
-        if next_index is None:
-            sql = self._sql(
-                "touch",
-                lambda: (
-                    runs.update()
-                    .where(
-                        runs.c.id == P("id"),
-                        runs.c.lease_generation == P("generation"),
-                        runs.c.status == "running",
-                    )
-                    .values(heartbeat_at=P("now"), updated_at=P("now"))
-                ),
+    def _fenced(self, key: str, **values: Any) -> _Sql:
+        """UPDATE of a claimed run, matching only while the lease is current."""
+        return self._sql(
+            key,
+            lambda: (
+                runs.update()
+                .where(
+                    runs.c.id == P("id"),
+                    runs.c.lease_generation == P("generation"),
+                    runs.c.status == "running",
+                )
+                .values(heartbeat_at=P("now"), updated_at=P("now"), **values)
+            ),
+        )
+
+    def _insert_step_sql(self) -> _Sql:
+        def build() -> sa.sql.ClauseElement:
+            # the insert re-checks the lease itself, so the two statements of a step need
+            # no read in between and a batch-only transport can send them as one batch
+            lease_held = sa.exists().where(
+                runs.c.id == P("run_id", type_=sa.String),
+                runs.c.lease_generation == P("generation", type_=sa.Integer),
+                runs.c.status == "running",
             )
-            cur = self._exec(conn, sql, id=lease.run_id, generation=lease.generation, now=now)
-        else:
-            sql = self._sql(
-                "advance",
-                lambda: (
-                    runs.update()
-                    .where(
-                        runs.c.id == P("id"),
-                        runs.c.lease_generation == P("generation"),
-                        runs.c.status == "running",
-                    )
-                    .values(
-                        current_step_index=P("index"), heartbeat_at=P("now"), updated_at=P("now")
-                    )
-                ),
-            )
-            cur = self._exec(
-                conn, sql, id=lease.run_id, generation=lease.generation, now=now, index=next_index
-            )
-        return bool(cur.rowcount == 1)
+            values = sa.select(
+                P("id", type_=sa.String),
+                P("run_id", type_=sa.String),
+                P("name", type_=sa.String),
+                P("index", type_=sa.Integer),
+                P("status", type_=sa.String),
+                P("output", type_=sa.Text),
+                P("error", type_=sa.Text),
+                P("started_at", type_=sa.String),
+                P("completed_at", type_=sa.String),
+            ).where(lease_held)
+            columns = ["id", "run_id", "name", "index", "status", "output", "error"]
+            return steps.insert().from_select([*columns, "started_at", "completed_at"], values)
+
+        return self._sql("insert_step", build)
 
     def persist_step(
         self,
@@ -483,30 +541,24 @@ class Store:
         started_at: str,
     ) -> bool:
         """Record a finished step and advance the run, in one transaction; False if fenced off."""
-        sql = self._sql(
-            "insert_step",
-            lambda: steps.insert().values(
-                id=P("id"),
-                run_id=P("run_id"),
-                name=P("name"),
-                index=P("index"),
-                status=P("status"),
-                output=P("output"),
-                error=P("error"),
-                started_at=P("started_at"),
-                completed_at=P("completed_at"),
-            ),
-        )
+        insert = self._insert_step_sql()
         now = self.now()
+        if status == "completed":
+            advance = self._fenced("advance", current_step_index=P("index"))
+            params: dict[str, Any] = {"index": index + 1}
+        else:
+            advance = self._fenced("touch")
+            params = {}
         with self.dialect.transaction() as conn:
-            next_index = index + 1 if status == "completed" else None
-            if not self._fence(conn, lease, now, next_index):
-                return False
+            cur = self._exec(
+                conn, advance, id=lease.run_id, generation=lease.generation, now=now, **params
+            )
             self._exec(
                 conn,
-                sql,
+                insert,
                 id=new_ulid(),
                 run_id=lease.run_id,
+                generation=lease.generation,
                 name=name,
                 index=index,
                 status=status,
@@ -515,7 +567,7 @@ class Store:
                 started_at=started_at,
                 completed_at=now,
             )
-        return True
+        return bool(cur.rowcount == 1)
 
     def set_progress(self, lease: Lease, progress: Progress) -> bool:
         sql = self._sql(
@@ -544,11 +596,15 @@ class Store:
                 progress=dumps(data),
                 now=self.now(),
             )
-            return bool(cur.rowcount == 1)
+        return bool(cur.rowcount == 1)
 
     def heartbeat(self, lease: Lease) -> bool:
+        sql = self._fenced("touch")
         with self.dialect.transaction() as conn:
-            return self._fence(conn, lease, self.now(), None)
+            cur = self._exec(
+                conn, sql, id=lease.run_id, generation=lease.generation, now=self.now()
+            )
+        return bool(cur.rowcount == 1)
 
     def _finish(self, lease: Lease, key: str, values: dict[str, Any], **params: Any) -> bool:
         sql = self._sql(
@@ -567,12 +623,10 @@ class Store:
             cur = self._exec(
                 conn, sql, id=lease.run_id, generation=lease.generation, now=self.now(), **params
             )
-            done = bool(cur.rowcount == 1)
             # a released run, or a freed concurrency key, is claimable elsewhere now
-            wakes = key == "release" or lease.concurrency_key is not None
-            if done and wakes and self._notify is not None:
+            if (key == "release" or lease.concurrency_key is not None) and self._notify:
                 self._notify(conn)
-            return done
+        return bool(cur.rowcount == 1)
 
     def complete(self, lease: Lease, output_json: str | None) -> bool:
         return self._finish(
@@ -602,18 +656,31 @@ class Store:
 
     # -- state changes requested by users ----------------------------------------------
 
-    def _status_of(self, conn: Connection, run_id: str) -> tuple[str, str]:
+    def _state_error(self, run_id: str, operation: str, allowed: str) -> Exception:
+        """Why a conditional state change matched no row: unknown run, or wrong state."""
+        sql = self._sql("status_of", lambda: sa.select(runs.c.status).where(runs.c.id == P("id")))
+        with self.dialect.read() as conn:
+            row = self._exec(conn, sql, id=run_id).fetchone()
+        if row is None:
+            return RunNotFoundError(run_id)
+        return InvalidRunStateError(run_id, row[0], operation, allowed)
+
+    def _job_name_of(self, run_id: str) -> str:
         sql = self._sql(
-            "status_of",
-            lambda: sa.select(runs.c.status, runs.c.job_name).where(runs.c.id == P("id")),
+            "job_name_of", lambda: sa.select(runs.c.job_name).where(runs.c.id == P("id"))
         )
-        row = self._exec(conn, sql, id=run_id).fetchone()
+        with self.dialect.read() as conn:
+            row = self._exec(conn, sql, id=run_id).fetchone()
         if row is None:
             raise RunNotFoundError(run_id)
-        return row[0], row[1]
+        return str(row[0])
 
-    def cancel(self, run_id: str) -> tuple[str, str]:
-        """pending/running -> cancelled; returns (previous status, job name)."""
+    # Each state change is conditional SQL whose outcome is read after the transaction:
+    # no statement depends on a result read inside it (so batch-only transports work),
+    # and concurrent changes resolve by compare-and-set.
+
+    def cancel(self, run_id: str) -> str:
+        """pending/running -> cancelled; returns the job name."""
         sql = self._sql(
             "cancel",
             lambda: (
@@ -628,14 +695,24 @@ class Store:
             ),
         )
         with self.dialect.transaction() as conn:
-            status, job_name = self._status_of(conn, run_id)
-            if status not in ("pending", "running"):
-                raise InvalidRunStateError(run_id, status, "cancel", "pending or running")
-            self._exec(conn, sql, id=run_id, now=self.now())
-        return status, job_name
+            cur = self._exec(conn, sql, id=run_id, now=self.now())
+            if self._notify is not None:
+                self._notify(conn)  # a freed concurrency key may make a run claimable
+        if cur.rowcount != 1:
+            raise self._state_error(run_id, "cancel", "pending or running")
+        return self._job_name_of(run_id)
 
     def retry(self, run_id: str) -> str:
         """failed/cancelled -> pending, dropping failed step records; returns the job name."""
+        retryable = sa.exists().where(
+            runs.c.id == P("id", type_=sa.String), _status_in("failed", "cancelled")
+        )
+        drop_failed = self._sql(
+            "drop_failed_steps",
+            lambda: steps.delete().where(
+                steps.c.run_id == P("id"), steps.c.status != "completed", retryable
+            ),
+        )
         sql = self._sql(
             "retry",
             lambda: (
@@ -654,25 +731,29 @@ class Store:
                 )
             ),
         )
-        drop_failed = self._sql(
-            "drop_failed_steps",
-            lambda: steps.delete().where(steps.c.run_id == P("id"), steps.c.status != "completed"),
-        )
         with self.dialect.transaction() as conn:
-            status, job_name = self._status_of(conn, run_id)
-            if status not in ("failed", "cancelled"):
-                raise InvalidRunStateError(run_id, status, "retry", "failed or cancelled")
-            self._exec(conn, sql, id=run_id, now=self.now())
             self._exec(conn, drop_failed, id=run_id)
+            cur = self._exec(conn, sql, id=run_id, now=self.now())
             if self._notify is not None:
                 self._notify(conn)
-        return job_name
+        if cur.rowcount != 1:
+            raise self._state_error(run_id, "retry", "failed or cancelled")
+        return self._job_name_of(run_id)
 
     def delete_run(self, run_id: str) -> None:
         """Delete a terminal run with its steps and logs."""
+        terminal = sa.exists().where(
+            runs.c.id == P("id", type_=sa.String),
+            _status_in("completed", "failed", "cancelled"),
+        )
         statements = [
-            self._sql("delete_steps", lambda: steps.delete().where(steps.c.run_id == P("id"))),
-            self._sql("delete_logs", lambda: logs.delete().where(logs.c.run_id == P("id"))),
+            self._sql(
+                "delete_steps",
+                lambda: steps.delete().where(steps.c.run_id == P("id"), terminal),
+            ),
+            self._sql(
+                "delete_logs", lambda: logs.delete().where(logs.c.run_id == P("id"), terminal)
+            ),
             self._sql(
                 "delete_run",
                 lambda: runs.delete().where(
@@ -681,13 +762,10 @@ class Store:
             ),
         ]
         with self.dialect.transaction() as conn:
-            status, _ = self._status_of(conn, run_id)
-            if status not in ("completed", "failed", "cancelled"):
-                raise InvalidRunStateError(
-                    run_id, status, "delete", "completed, failed or cancelled"
-                )
             for sql in statements:
-                self._exec(conn, sql, id=run_id)
+                cur = self._exec(conn, sql, id=run_id)
+        if cur.rowcount != 1:
+            raise self._state_error(run_id, "delete", "completed, failed or cancelled")
 
     # -- reads -----------------------------------------------------------------------
 

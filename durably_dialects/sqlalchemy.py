@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from durably import DialectNotFoundError, hookimpl
+from durably import DialectNotFoundError, Result, hookimpl
 
 # extra that installs the driver a URL needs, by SQLAlchemy backend name
 _EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
@@ -29,6 +29,12 @@ _LOCK_NAME = "durably_migrate"
 _CHANNEL = "durably_wakeup"
 logger = logging.getLogger("durably.dialects.sqlalchemy")
 _PG_LOCK_KEY = zlib.crc32(_LOCK_NAME.encode())
+
+
+def sqlite3_version() -> tuple[int, ...]:
+    import sqlite3
+
+    return sqlite3.sqlite_version_info
 
 
 class _Conn:
@@ -39,8 +45,10 @@ class _Conn:
     def __init__(self, conn: sa.Connection) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        return self._conn.exec_driver_sql(sql, params)
+    def execute(self, sql: str, params: Any = ()) -> Result:
+        result = self._conn.exec_driver_sql(sql, params)
+        rows = result.fetchall() if result.returns_rows else []
+        return Result(rows, result.rowcount)
 
     def executemany(self, sql: str, params: Sequence[Any]) -> None:
         self._conn.exec_driver_sql(sql, list(params))
@@ -76,6 +84,10 @@ class SqlAlchemyDialect:
         self.backend = backend
         self.sqlalchemy_dialect = self.engine.dialect
         self.skip_locked = backend in ("postgresql", "mysql", "mariadb")
+        # MySQL/MariaDB have no UPDATE ... RETURNING: their claims select, then update
+        self.returning = backend == "postgresql" or (
+            backend == "sqlite" and sqlite3_version() >= (3, 35)
+        )
         if backend == "sqlite":
             self._setup_sqlite()
 

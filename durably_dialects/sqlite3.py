@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
-from durably import ConfigurationError, DialectNotFoundError, hookimpl
+from durably import ConfigurationError, DialectNotFoundError, Result, hookimpl
 
 SCHEMES = ("sqlite",)
 
@@ -65,8 +65,10 @@ class _Conn:
     def __init__(self, raw: sqlite3.Connection) -> None:
         self._raw = raw
 
-    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
-        return self._raw.execute(sql, params)
+    def execute(self, sql: str, params: Any = ()) -> Result:
+        cur = self._raw.execute(sql, params)
+        rows = cur.fetchall()
+        return Result(rows, len(rows) if rows and cur.rowcount < 0 else cur.rowcount)
 
     def executemany(self, sql: str, params: Sequence[Any]) -> None:
         self._raw.executemany(sql, params)
@@ -77,6 +79,7 @@ class SqliteDialect:
 
     integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
     skip_locked = False
+    returning = sqlite3.sqlite_version_info >= (3, 35)
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, cast
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -36,6 +36,7 @@ from .sse import EventFeed, EventStream, frame
 from .wire import (
     RUN_SUMMARY_TYPES,
     STEP_SUMMARY_TYPES,
+    dumps,
     event_json,
     run_json,
     step_json,
@@ -72,6 +73,13 @@ class HTTPError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """Compact JSON where a stored NaN becomes null (Starlette's would raise: a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content).encode("utf-8")
 
 
 def _bad_request(message: str) -> NoReturn:

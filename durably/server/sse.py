@@ -30,8 +30,14 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
 
 
 def frame(data: Any) -> bytes:
-    """One SSE frame."""
-    return b"data: " + dumps(data).encode("utf-8") + b"\n\n"
+    """One SSE frame; data that cannot be JSON at all (a cycle) gives no bytes."""
+    try:
+        text = dumps(data)
+    except ValueError:
+        # one unencodable log line must not end the stream of a healthy run
+        logger.warning("dropping an event that cannot be encoded as JSON", exc_info=True)
+        return b""
+    return b"data: " + text.encode("utf-8") + b"\n\n"
 
 
 class EventFeed:

@@ -570,18 +570,7 @@ class Store:
         return bool(cur.rowcount == 1)
 
     def set_progress(self, lease: Lease, progress: Progress) -> bool:
-        sql = self._sql(
-            "set_progress",
-            lambda: (
-                runs.update()
-                .where(
-                    runs.c.id == P("id"),
-                    runs.c.lease_generation == P("generation"),
-                    runs.c.status == "running",
-                )
-                .values(progress=P("progress"), heartbeat_at=P("now"), updated_at=P("now"))
-            ),
-        )
+        sql = self._fenced("set_progress", progress=P("progress"))
         data: dict[str, Any] = {"current": progress.current}
         if progress.total is not None:
             data["total"] = progress.total
@@ -607,18 +596,7 @@ class Store:
         return bool(cur.rowcount == 1)
 
     def _finish(self, lease: Lease, key: str, values: dict[str, Any], **params: Any) -> bool:
-        sql = self._sql(
-            key,
-            lambda: (
-                runs.update()
-                .where(
-                    runs.c.id == P("id"),
-                    runs.c.lease_generation == P("generation"),
-                    runs.c.status == "running",
-                )
-                .values(active_concurrency_key=None, updated_at=P("now"), **values)
-            ),
-        )
+        sql = self._fenced(key, active_concurrency_key=None, **values)
         with self.dialect.transaction() as conn:
             cur = self._exec(
                 conn, sql, id=lease.run_id, generation=lease.generation, now=self.now(), **params

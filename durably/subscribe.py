@@ -8,6 +8,7 @@ final event when the run turned terminal elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -183,70 +184,84 @@ class AsyncRunSubscription(AsyncIterator[BaseEvent]):
             unsubscribe()
 
 
-def wait_for(durably: Durably, run_id: str, timeout: float | None) -> Run:
-    """Block until the run is terminal; WaitTimeoutError after `timeout` seconds."""
-    done = threading.Event()
+class _Deadline:
+    """The state of waiting for a run's end, shared by the sync and async waits."""
+
+    def __init__(self, durably: Durably, run_id: str, timeout: float | None) -> None:
+        self.run_id = run_id
+        self.timeout = timeout
+        self._clock = durably._clock
+        self._poll = durably.polling_interval
+        self._deadline = None if timeout is None else self._clock.monotonic() + timeout
+
+    def check(self, run: Run | None) -> float | None:
+        """None when `run` is terminal; else how long to wait for an event before polling."""
+        if run is None:
+            raise RunNotFoundError(self.run_id)
+        if run.is_terminal:
+            return None
+        if self._deadline is None:
+            return self._poll
+        remaining = self._deadline - self._clock.monotonic()
+        if remaining <= 0:
+            raise WaitTimeoutError(self.run_id, self.timeout or 0.0)
+        return min(self._poll, remaining)
+
+
+def _on_terminal(durably: Durably, run_id: str, wake: Callable[[], None]) -> Callable[[], None]:
+    """Call `wake` when this run ends in this process; returns the unsubscribe function."""
 
     def on_end(event: Any) -> None:
         if event.run_id == run_id:
-            done.set()
+            wake()
 
     unsubscribers = [durably.on(t, on_end) for t in sorted(TERMINAL_RUN_EVENTS)]
-    clock = durably._clock
-    deadline = None if timeout is None else clock.monotonic() + timeout
+
+    def unsubscribe() -> None:
+        for unsubscribe_one in unsubscribers:
+            unsubscribe_one()
+
+    return unsubscribe
+
+
+def wait_for(durably: Durably, run_id: str, timeout: float | None) -> Run:
+    """Block until the run is terminal; WaitTimeoutError after `timeout` seconds."""
+    done = threading.Event()
+    state = _Deadline(durably, run_id, timeout)
+    unsubscribe = _on_terminal(durably, run_id, done.set)
     try:
         while True:
             run = durably.get_run(run_id)
-            if run is None:
-                raise RunNotFoundError(run_id)
-            if run.is_terminal:
+            wait = state.check(run)
+            if wait is None:
+                assert run is not None
                 return run
-            wait = durably.polling_interval
-            if deadline is not None:
-                remaining = deadline - clock.monotonic()
-                if remaining <= 0:
-                    raise WaitTimeoutError(run_id, timeout or 0.0)
-                wait = min(wait, remaining)
             done.wait(wait)
             done.clear()
     finally:
-        for unsubscribe in unsubscribers:
-            unsubscribe()
+        unsubscribe()
 
 
 async def wait_for_async(durably: Durably, run_id: str, timeout: float | None) -> Run:
     """`wait_for` without blocking the event loop."""
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
+    state = _Deadline(durably, run_id, timeout)
 
-    def on_end(event: Any) -> None:
-        if event.run_id == run_id:
-            try:
-                loop.call_soon_threadsafe(done.set)
-            except RuntimeError:
-                pass
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(done.set)
 
-    unsubscribers = [durably.on(t, on_end) for t in sorted(TERMINAL_RUN_EVENTS)]
-    clock = durably._clock
-    deadline = None if timeout is None else clock.monotonic() + timeout
+    unsubscribe = _on_terminal(durably, run_id, wake)
     try:
         while True:
             run = await asyncio.to_thread(durably.get_run, run_id)
-            if run is None:
-                raise RunNotFoundError(run_id)
-            if run.is_terminal:
+            wait = state.check(run)
+            if wait is None:
+                assert run is not None
                 return run
-            wait = durably.polling_interval
-            if deadline is not None:
-                remaining = deadline - clock.monotonic()
-                if remaining <= 0:
-                    raise WaitTimeoutError(run_id, timeout or 0.0)
-                wait = min(wait, remaining)
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(done.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
             done.clear()
     finally:
-        for unsubscribe in unsubscribers:
-            unsubscribe()
+        unsubscribe()

@@ -111,6 +111,29 @@ _LOG_COLUMNS = (
 )
 
 
+# the SET clauses of each fenced UPDATE, beyond heartbeat_at and updated_at; built only
+# when a statement is first compiled for a dialect
+_FENCED_VALUES: dict[str, Callable[[], dict[str, Any]]] = {
+    "touch": lambda: {},
+    "advance": lambda: {"current_step_index": P("index")},
+    "set_progress": lambda: {"progress": P("progress")},
+    "complete": lambda: {
+        "status": "completed",
+        "output": P("output"),
+        "completed_at": P("now"),
+        "active_concurrency_key": None,
+    },
+    "fail": lambda: {
+        "status": "failed",
+        "error": P("error"),
+        "failed_step_name": P("step"),
+        "completed_at": P("now"),
+        "active_concurrency_key": None,
+    },
+    "release": lambda: {"status": "pending", "lease_owner": None, "active_concurrency_key": None},
+}
+
+
 def _status_in(*statuses: str) -> sa.ColumnElement[bool]:
     # IN over literal values compiles to a post-compile expansion that needs
     # SQLAlchemy's execution; OR of plain comparisons compiles to ordinary SQL text
@@ -489,7 +512,7 @@ class Store:
                 name: output for name, output in self._exec(conn, sql, run_id=run_id).fetchall()
             }
 
-    def _fenced(self, key: str, **values: Any) -> _Sql:
+    def _fenced(self, key: str) -> _Sql:
         """UPDATE of a claimed run, matching only while the lease is current."""
         return self._sql(
             key,
@@ -500,7 +523,7 @@ class Store:
                     runs.c.lease_generation == P("generation"),
                     runs.c.status == "running",
                 )
-                .values(heartbeat_at=P("now"), updated_at=P("now"), **values)
+                .values(heartbeat_at=P("now"), updated_at=P("now"), **_FENCED_VALUES[key]())
             ),
         )
 
@@ -544,7 +567,7 @@ class Store:
         insert = self._insert_step_sql()
         now = self.now()
         if status == "completed":
-            advance = self._fenced("advance", current_step_index=P("index"))
+            advance = self._fenced("advance")
             params: dict[str, Any] = {"index": index + 1}
         else:
             advance = self._fenced("touch")
@@ -570,7 +593,7 @@ class Store:
         return bool(cur.rowcount == 1)
 
     def set_progress(self, lease: Lease, progress: Progress) -> bool:
-        sql = self._fenced("set_progress", progress=P("progress"))
+        sql = self._fenced("set_progress")
         data: dict[str, Any] = {"current": progress.current}
         if progress.total is not None:
             data["total"] = progress.total
@@ -595,8 +618,8 @@ class Store:
             )
         return bool(cur.rowcount == 1)
 
-    def _finish(self, lease: Lease, key: str, values: dict[str, Any], **params: Any) -> bool:
-        sql = self._fenced(key, active_concurrency_key=None, **values)
+    def _finish(self, lease: Lease, key: str, **params: Any) -> bool:
+        sql = self._fenced(key)
         with self.dialect.transaction() as conn:
             cur = self._exec(
                 conn, sql, id=lease.run_id, generation=lease.generation, now=self.now(), **params
@@ -607,30 +630,14 @@ class Store:
         return bool(cur.rowcount == 1)
 
     def complete(self, lease: Lease, output_json: str | None) -> bool:
-        return self._finish(
-            lease,
-            "complete",
-            {"status": "completed", "output": P("output"), "completed_at": P("now")},
-            output=output_json,
-        )
+        return self._finish(lease, "complete", output=output_json)
 
     def fail(self, lease: Lease, error: str, failed_step_name: str | None) -> bool:
-        return self._finish(
-            lease,
-            "fail",
-            {
-                "status": "failed",
-                "error": P("error"),
-                "failed_step_name": P("step"),
-                "completed_at": P("now"),
-            },
-            error=error,
-            step=failed_step_name,
-        )
+        return self._finish(lease, "fail", error=error, step=failed_step_name)
 
     def release(self, lease: Lease) -> bool:
         """Give a claimed run back to pending so another worker resumes it at once."""
-        return self._finish(lease, "release", {"status": "pending", "lease_owner": None})
+        return self._finish(lease, "release")
 
     # -- state changes requested by users ----------------------------------------------
 

@@ -7,13 +7,17 @@ and kills, which step bodies ran and how often. Events (`run:start`, `step:compl
 `run:complete`, ...) are appended to the same file.
 
 Marker line: `<kind> <run_id> <step> <pid> <time.time()> <concurrency key>`, `-` when
-a field does not apply.
+a field does not apply (a `event:worker:error` line carries the error's context in
+place of the step).
 
 Modes:
-  loop   process_until_idle in the main thread until no run is pending or running
-  start  start() the background worker; stop() once no run is pending or running
-  one    process_one() once in the main thread, then exit
-  demo   start() + trigger_and_wait() in the main thread; on Ctrl-C stop(timeout=0.5)
+  loop     process_until_idle in the main thread until no run is pending or running
+  start    start() the background worker; stop() once no run is pending or running (and,
+           with --stop-file, once that file exists); database errors of this watch are
+           marked `watch-error` and waited out, as the worker itself does
+  one      process_one() once in the main thread, then exit
+  demo     start() + trigger_and_wait() in the main thread; on Ctrl-C stop(timeout=0.5)
+  migrate  migrate() once the --go-file exists (no job, no worker), then exit
 """
 
 from __future__ import annotations
@@ -107,7 +111,7 @@ def _record_events(durably: Durably) -> None:
         mark(
             f"event:{event.type}",
             getattr(event, "run_id", None) or "-",
-            getattr(event, "step_name", None) or "-",
+            getattr(event, "step_name", None) or getattr(event, "context", None) or "-",
         )
 
     for event_type in (
@@ -129,6 +133,20 @@ def _unfinished(durably: Durably) -> bool:
     return bool(durably.get_runs(status=["pending", "running"], limit=1))
 
 
+def _watch_until_done(durably: Durably, stop_file: Path | None, interval: float) -> None:
+    """Return once no run is pending or running (and `stop_file` exists, if given)."""
+    while True:
+        try:
+            unfinished = _unfinished(durably)
+        except Exception as exc:  # the database is away; the worker waits it out too
+            mark("watch-error")
+            print(f"watch-error {exc}", file=sys.stderr, flush=True)
+            unfinished = True
+        if not unfinished and (stop_file is None or stop_file.exists()):
+            return
+        time.sleep(interval)
+
+
 def _wait_for_go(go_file: Path | None) -> None:
     if go_file is None:
         return
@@ -143,10 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--db", required=True)
     parser.add_argument("--markers", required=True, type=Path, help="this process's marker file")
-    parser.add_argument("--mode", choices=["loop", "start", "one", "demo"], default="loop")
+    parser.add_argument(
+        "--mode", choices=["loop", "start", "one", "demo", "migrate"], default="loop"
+    )
     parser.add_argument("--block", help="step name that blocks until released")
     parser.add_argument("--release-file", type=Path)
     parser.add_argument("--go-file", type=Path, help="wait for this file before working")
+    parser.add_argument("--stop-file", type=Path, help="start mode: keep going until it exists")
     parser.add_argument("--steps", type=int, default=5, help="steps of the demo mode's run")
     parser.add_argument("--heartbeat", type=float, default=0.3)
     parser.add_argument("--stale", type=float, default=1.5)
@@ -162,6 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     CONFIG.block = args.block
     CONFIG.release_file = args.release_file
     CONFIG.fsync = args.fsync
+
+    if args.mode == "migrate":
+        with create_durably(args.db) as durably:
+            mark("ready")
+            _wait_for_go(args.go_file)
+            durably.migrate()
+            mark("migrated")
+        return 0
 
     with create_durably(
         args.db,
@@ -184,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(args.polling)
         elif args.mode == "start":
             durably.start()
-            while _unfinished(durably):
-                time.sleep(args.polling)
+            _watch_until_done(durably, args.stop_file, args.polling)
             durably.stop()
         elif args.mode == "one":
             try:

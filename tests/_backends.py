@@ -1,0 +1,79 @@
+"""Which databases the suite runs on, and how a test gets a clean one.
+
+Shared by `conftest.py` (the `backend`/`backend_url` fixtures) and tests that need more
+than a clean database, such as the crash tests that drop durably's schema.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import sqlalchemy as sa
+
+from durably import create_durably
+from durably.migrate import VERSION_TABLE
+
+SERVER_URLS = {
+    "postgres": os.environ.get(
+        "DURABLY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    ),
+    "mysql": os.environ.get("DURABLY_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+ALL_BACKENDS = ("sqlite", "postgres", "mysql")
+DURABLY_TABLES = ("durably_logs", "durably_steps", "durably_runs")
+
+
+def selected_backends() -> list[str]:
+    """The backends of `DURABLY_TEST_BACKENDS` (default: all of them)."""
+    raw = os.environ.get("DURABLY_TEST_BACKENDS", ",".join(ALL_BACKENDS))
+    names = [b.strip() for b in raw.split(",") if b.strip()]
+    unknown = set(names) - set(ALL_BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"unknown DURABLY_TEST_BACKENDS {sorted(unknown)}")
+    return names
+
+
+def unusable(problem: str) -> None:
+    """Fail under CI=true, where every backend must be there; skip elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{problem} (CI=true: a missing server is a failure)")
+    pytest.skip(problem)
+
+
+_server_state: dict[str, str | None] = {}
+
+
+def prepare_server(name: str) -> None:
+    """Reach the server once per session and migrate it; fail (CI) or skip if it is down."""
+    if name not in _server_state:
+        url = SERVER_URLS[name]
+        try:
+            with create_durably(url) as d:
+                d.migrate()
+            _server_state[name] = None
+        except Exception as exc:  # unreachable server, missing driver, ...
+            _server_state[name] = f"{name} at {url} is not usable: {exc}"
+    problem = _server_state[name]
+    if problem is not None:
+        unusable(problem)
+
+
+def _execute_all(url: str, statements: list[str]) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+
+
+def empty_tables(url: str) -> None:
+    """Delete every row of durably's tables (the schema stays)."""
+    _execute_all(url, [f"DELETE FROM {table}" for table in DURABLY_TABLES])
+
+
+def drop_schema(url: str) -> None:
+    """Drop durably's tables and its alembic version table: a database never migrated."""
+    _execute_all(url, [f"DROP TABLE IF EXISTS {t}" for t in (*DURABLY_TABLES, VERSION_TABLE)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from .app import Durably
@@ -16,8 +16,10 @@ from .jobs import JobDefinition
 def load_jobs(spec: str) -> dict[str, JobDefinition[Any, Any]]:
     """The job definitions named by `module:attr`.
 
-    `attr` may be a Durably instance (its registered jobs), a mapping of definitions, a
-    single definition, an iterable of definitions, or a function returning one of these.
+    `attr` (dotted for nested attributes) may be a Durably instance (its registered jobs),
+    a mapping of definitions (keys as in `register`), a single definition, a list of
+    definitions (keyed by job name), or a function returning one of these. Anything else
+    is a `DurablyError` that says what was found.
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -39,25 +41,40 @@ def load_jobs(spec: str) -> dict[str, JobDefinition[Any, Any]]:
     return _as_jobs(target, spec)
 
 
-def _as_jobs(target: Any, spec: str) -> dict[str, JobDefinition[Any, Any]]:
+def _as_jobs(target: Any, spec: str, *, called: bool = False) -> dict[str, JobDefinition[Any, Any]]:
     if isinstance(target, Durably):
-        return {name: target._job_for(name) for name in target._job_names()}
-    if isinstance(target, JobDefinition):
-        return {target.name: target}
-    if isinstance(target, Mapping):
+        jobs = {name: target._job_for(name) for name in target._job_names()}
+    elif isinstance(target, JobDefinition):
+        jobs = {target.name: target}
+    elif isinstance(target, Mapping):
         jobs = dict(target)
-    elif callable(target):
-        return _as_jobs(target(), spec)
-    elif isinstance(target, Iterable) and not isinstance(target, (str, bytes)):
-        jobs = {getattr(j, "name", str(i)): j for i, j in enumerate(target)}
+    elif isinstance(target, (list, tuple, set, frozenset)):
+        jobs = {getattr(job, "name", None) or f"item {i}": job for i, job in enumerate(target)}
+    elif callable(target) and not isinstance(target, type) and not called:
+        # a factory: `--app myapp:make_jobs`; what it returns must be one of the above
+        return _as_jobs(target(), spec, called=True)
     else:
+        what = "returns" if called else "is"
         raise DurablyError(
-            f"--app {spec!r} is a {type(target).__name__}; expected a Durably instance, "
-            "a JobDefinition, or a mapping or list of them"
+            f"--app {spec!r} {what} {_describe(target)}; expected a Durably instance, "
+            "a JobDefinition, a dict or list of them, or a function returning one of these"
         )
-    bad = [key for key, job in jobs.items() if not isinstance(job, JobDefinition)]
+    bad = [
+        f"{key!r} ({_describe(job)})"
+        for key, job in jobs.items()
+        if not isinstance(job, JobDefinition)
+    ]
     if bad:
-        raise DurablyError(f"--app {spec!r}: {', '.join(map(repr, bad))} are not JobDefinitions")
+        raise DurablyError(
+            f"--app {spec!r}: not job definitions (made with define_job): {', '.join(bad)}"
+        )
     if not jobs:
         raise DurablyError(f"--app {spec!r} holds no jobs")
     return jobs
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, type):
+        return f"the class {value.__name__}"
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"

@@ -1,22 +1,48 @@
-"""The `durably` command line: one subcommand per function, errors as `error: ...`."""
+"""The `durably` command line: one subcommand per function, errors as `error: ...`.
+
+Every command that takes a URL opens `create_durably(URL)` and closes it. People get rich
+tables; `--json` gives scripts the records' fields (see `cli_output`).
+"""
 
 from __future__ import annotations
 
 import argparse
-import signal
+import os
 import sys
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-
-from durably import DurablyError, create_durably
+from pathlib import Path
+from typing import Any
 
 from . import demo
-from .appload import load_jobs
-from .dialect import redact_url
+from .app import Durably, create_durably
+from .cli_output import (
+    console,
+    dialects_view,
+    record_json,
+    run_view,
+    runs_table,
+    to_json,
+)
+from .cli_worker import add_serve_arguments, add_worker_arguments, serve, worker
+from .dialect import KNOWN_SCHEMES, _load_errors, installed_schemes, iter_plugins, redact_url
+from .errors import DurablyError, RunNotFoundError
+from .records import RUN_STATUSES
 
+EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+DEFAULT_LIMIT = 20
+
+EXIT_STATUS_HELP = """\
+exit status:
+  0    success
+  1    error, printed as `error: <message>` on stderr: an unknown run, a run whose state
+       does not allow retry/cancel/delete, a database, URL or --app problem
+  2    usage error (bad arguments)
+  130  interrupted (Ctrl-C)"""
 
 
 @dataclass(frozen=True)
@@ -29,78 +55,214 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-def _add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _non_negative(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_url(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="database URL, e.g. sqlite:///app.db")
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file a `sqlite:///` URL names; None for memory or any other URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("sqlite", "sqlite+pysqlite"):
+        return None
+    path = rest.partition("?")[0]
+    if path in ("", "/", "/:memory:") or not path.startswith("/"):
+        return None
+    return path[1:]
+
+
+@contextmanager
+def _existing(url: str) -> Iterator[Durably]:
+    """`create_durably(url)`, closed after; a missing SQLite file is an error, not created."""
+    path = _sqlite_path(url)
+    if path is not None and not Path(path).exists():
+        raise DurablyError(
+            f"no database at {path!r}: the file does not exist "
+            f"(`durably migrate {redact_url(url)}` creates it)"
+        )
+    with create_durably(url) as durably:
+        yield durably
+
+
+def _add_id_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_url(parser)
+    parser.add_argument("id", help="the run's id")
+    _add_json(parser)
+
+
+def _print_json(value: Any) -> None:
+    print(to_json(value))
+
+
+# -- migrate ----------------------------------------------------------------------------
 
 
 def _migrate(args: argparse.Namespace) -> int:
     with create_durably(args.url) as durably:
         durably.migrate()
     print(f"migrated {redact_url(args.url)}")
-    return 0
+    return EXIT_OK
 
 
-def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("url", help="database URL shared by every worker")
+# -- runs / run -------------------------------------------------------------------------
+
+
+def _add_runs_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_url(parser)
     parser.add_argument(
-        "--app",
-        required=True,
-        metavar="MODULE:ATTR",
-        help="where the jobs are: a Durably instance, a JobDefinition, or a dict/list of them",
+        "--job", action="append", metavar="NAME", help="only this job's runs (repeatable)"
     )
     parser.add_argument(
-        "--concurrency", type=int, default=1, help="runs executed at once (max_concurrent_runs)"
-    )
-    parser.add_argument("--polling-interval", type=float, default=1.0, metavar="SECONDS")
-    parser.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="SECONDS")
-    parser.add_argument("--stale-threshold", type=float, default=30.0, metavar="SECONDS")
-    parser.add_argument(
-        "--grace",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="on SIGTERM/SIGINT, wait this long for runs in flight, then release them "
-        "back to pending at their next step boundary",
+        "--status",
+        action="append",
+        choices=RUN_STATUSES,
+        help="only runs in this status (repeatable)",
     )
     parser.add_argument(
-        "--no-migrate", action="store_true", help="do not create/upgrade the tables at start"
+        "--limit",
+        type=_positive,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help="at most N runs (default: %(default)s)",
     )
+    parser.add_argument("--offset", type=_non_negative, default=0, metavar="N", help="skip N runs")
+    _add_json(parser)
 
 
-def _worker(args: argparse.Namespace) -> int:
-    jobs = load_jobs(args.app)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    try:
-        durably = create_durably(
-            args.url,
-            polling_interval=args.polling_interval,
-            heartbeat_interval=args.heartbeat_interval,
-            stale_threshold=args.stale_threshold,
-            max_concurrent_runs=args.concurrency,
+def _runs(args: argparse.Namespace) -> int:
+    with _existing(args.url) as durably:
+        runs = durably.get_runs(
+            job_name=args.job, status=args.status, limit=args.limit, offset=args.offset
         )
-    except ValueError as exc:
-        raise DurablyError(str(exc)) from exc
-    with durably:
-        if not args.no_migrate:
-            durably.migrate()
-        durably.register(jobs)
-        durably.start()
-        print(
-            f"durably worker on {redact_url(args.url)}: jobs {', '.join(sorted(jobs))}; "
-            f"concurrency {args.concurrency}; SIGTERM or Ctrl-C stops it",
-            flush=True,
+    if args.json:
+        _print_json([record_json(run) for run in runs])
+        return EXIT_OK
+    out = console()
+    if not runs:
+        out.print("no runs" + (" match" if args.job or args.status or args.offset else ""))
+        return EXIT_OK
+    out.print(runs_table(runs))
+    if len(runs) == args.limit:
+        out.print(
+            f"{len(runs)} runs shown, newest first; --offset {args.offset + len(runs)} "
+            "for the next ones",
+            style="dim",
         )
-        stop.wait()
-        print(f"stopping: waiting up to {args.grace} s for runs in flight", flush=True)
-        durably.stop(timeout=args.grace)
-    print("stopped", flush=True)
-    return 0
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    with _existing(args.url) as durably:
+        run = durably.get_run(args.id)
+        if run is None:
+            raise RunNotFoundError(args.id)
+        steps = durably.get_steps(run.id)
+        logs = durably.get_logs(run.id)
+    if args.json:
+        _print_json(
+            {
+                "run": record_json(run),
+                "steps": [record_json(step) for step in steps],
+                "logs": [record_json(log) for log in logs],
+            }
+        )
+    else:
+        console().print(run_view(run, steps, logs))
+    return EXIT_OK
+
+
+# -- retry / cancel / delete ------------------------------------------------------------
+
+
+def _retry(args: argparse.Namespace) -> int:
+    with _existing(args.url) as durably:
+        durably.retry(args.id)
+        run = durably.get_run(args.id)
+        kept = sum(1 for step in durably.get_steps(args.id) if step.status == "completed")
+    if args.json:
+        _print_json(record_json(run) if run else {"id": args.id})
+    else:
+        print(f"retried run {args.id}: pending again; its {kept} completed step(s) will be skipped")
+    return EXIT_OK
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    with _existing(args.url) as durably:
+        before = durably.get_run(args.id)
+        durably.cancel(args.id)
+        run = durably.get_run(args.id)
+    if args.json:
+        _print_json(record_json(run) if run else {"id": args.id})
+    elif before is not None and before.status == "running":
+        print(f"cancelled run {args.id}: it stops at its next step boundary")
+    else:
+        print(f"cancelled run {args.id}")
+    return EXIT_OK
+
+
+def _delete(args: argparse.Namespace) -> int:
+    with _existing(args.url) as durably:
+        durably.delete_run(args.id)
+    if args.json:
+        _print_json({"id": args.id, "deleted": True})
+    else:
+        print(f"deleted run {args.id} with its steps and logs")
+    return EXIT_OK
+
+
+# -- dialects ---------------------------------------------------------------------------
+
+
+def _dialects(args: argparse.Namespace) -> int:
+    plugins: list[dict[str, Any]] = []
+    for name, plugin in iter_plugins():
+        announce = getattr(plugin, "durably_dialect_schemes", None)
+        schemes = sorted(announce() or []) if callable(announce) else []
+        module = getattr(plugin, "__name__", None) or type(plugin).__module__
+        plugins.append({"name": name, "module": module, "schemes": schemes})
+    plugins.sort(key=lambda p: str(p["name"]))
+    installed = installed_schemes()
+    # an extra counts as installed once any of its schemes is: `postgresql://` alone
+    # means psycopg2 to SQLAlchemy, but `durably[postgres]` is there all the same
+    extras_present = {KNOWN_SCHEMES[s] for s in installed if s in KNOWN_SCHEMES}
+    missing = [
+        {"scheme": scheme, "extra": extra, "install": f"pip install 'durably[{extra}]'"}
+        for scheme, extra in sorted(KNOWN_SCHEMES.items())
+        if scheme not in installed and extra not in extras_present
+    ]
+    failed = [{"name": name, "error": error} for name, error in sorted(_load_errors.items())]
+    if args.json:
+        _print_json(
+            {"schemes": installed, "installed": plugins, "missing": missing, "failed": failed}
+        )
+    else:
+        console().print(dialects_view(plugins, missing, failed))
+    return EXIT_OK
+
+
+# -- the table of commands --------------------------------------------------------------
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -110,17 +272,40 @@ COMMANDS: tuple[Command, ...] = (
         demo.build_parser,
         demo.run,
     ),
-    Command(
-        "migrate",
-        "create or upgrade durably's tables in a database",
-        _add_migrate_arguments,
-        _migrate,
-    ),
+    Command("migrate", "create or upgrade durably's tables in a database", _add_url, _migrate),
     Command(
         "worker",
         "run a worker for the jobs of --app until SIGTERM/SIGINT, then stop gracefully",
-        _add_worker_arguments,
-        _worker,
+        add_worker_arguments,
+        worker,
+    ),
+    Command(
+        "serve",
+        "serve the HTTP API under /api with a worker for the jobs of --app "
+        "(needs durably[server]); SIGTERM/SIGINT stop it gracefully",
+        add_serve_arguments,
+        serve,
+    ),
+    Command("runs", "list runs, newest first", _add_runs_arguments, _runs),
+    Command("run", "show one run: its fields, steps, logs and error", _add_id_arguments, _run),
+    Command(
+        "retry",
+        "retry a failed or cancelled run (its completed steps are skipped)",
+        _add_id_arguments,
+        _retry,
+    ),
+    Command("cancel", "cancel a pending or running run", _add_id_arguments, _cancel),
+    Command(
+        "delete",
+        "delete a completed, failed or cancelled run with its steps and logs",
+        _add_id_arguments,
+        _delete,
+    ),
+    Command(
+        "dialects",
+        "list the installed database dialects and their URL schemes",
+        _add_json,
+        _dialects,
     ),
 )
 
@@ -128,25 +313,70 @@ COMMANDS: tuple[Command, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     """The `durably` parser with every subcommand."""
     parser = argparse.ArgumentParser(
-        prog="durably", description="Step-oriented, resumable batch execution."
+        prog="durably",
+        description="Step-oriented, resumable batch execution.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an unexpected error, show the full traceback instead of one line",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            epilog=EXIT_STATUS_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)
     return parser
 
 
+def _exit_status(exc: SystemExit) -> int:
+    if exc.code is None:
+        return EXIT_OK
+    return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
+def _unexpected(exc: Exception, args: argparse.Namespace) -> str:
+    """One line for an error that is not durably's own (e.g. the database's)."""
+    message = f"{type(exc).__name__}: {exc}".strip()
+    if "durably_" in message and getattr(args, "url", None):
+        message += f"\n(are durably's tables there? `durably migrate {redact_url(args.url)}`)"
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `durably` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has already printed
+        return _exit_status(exc)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
-    except DurablyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except DurablyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # the reader went away (`durably runs URL | head`): nothing left to say to it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except Exception as exc:
+        if args.traceback:
+            raise
+        print(f"error: {_unexpected(exc, args)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

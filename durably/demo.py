@@ -9,10 +9,20 @@ pending at its next step boundary and the next `durably demo` resumes it at once
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 
 from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from durably import (
     Durably,
@@ -93,20 +103,76 @@ def _completed_steps(durably: Durably, run_id: str) -> int:
     return sum(1 for record in durably.get_steps(run_id) if record.status == "completed")
 
 
-def _watch(durably: Durably, already_done: int) -> None:
-    """Print a line per step that runs and per progress report; mark replayed steps."""
+def _text_bar(current: int, total: int) -> str:
+    filled = round(BAR_WIDTH * current / total) if total else BAR_WIDTH
+    return "#" * filled + "." * (BAR_WIDTH - filled)
+
+
+class Display:
+    """Where the demo reports: a live rich progress bar on a terminal, else plain lines.
+
+    Plain lines (one per step and per progress report) are what a pipe, a log file or a
+    test reads; the bar is for people. Events arrive on the worker's thread: rich's
+    console and progress are thread-safe, and `print` of whole lines is good enough.
+    """
+
+    def __init__(self, console: Console | None = None) -> None:
+        self._console = console
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def start(self, total: int, done: int) -> None:
+        """Show the bar (terminal only), `done` of `total` steps already completed."""
+        if self._console is None:
+            return
+        self._bar = Progress(
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[message]}"),
+            console=self._console,
+        )
+        self._task = self._bar.add_task(JOB_NAME, total=total, completed=done, message="")
+        self._bar.start()
+
+    def stop(self) -> None:
+        """Remove the live bar (its last state stays on screen); safe to call twice."""
+        bar, self._bar = self._bar, None
+        if bar is not None:
+            bar.stop()
+
+    def say(self, message: str) -> None:
+        """A line above the bar, or on stdout."""
+        bar = self._bar
+        if bar is not None:
+            bar.console.print(message, soft_wrap=True, markup=False, highlight=False)
+        else:
+            _say(message)
+
+    def progress(self, current: int, total: int, message: str, skipped: bool) -> None:
+        """A progress report of the run; `skipped` when its step ran in an earlier run."""
+        note = "  (done in an earlier run: skipped)" if skipped else ""
+        bar = self._bar
+        if bar is not None and self._task is not None:
+            bar.update(self._task, completed=current, total=total, message=message)
+            if skipped:
+                self.say(f"    {message}{note}")
+            return
+        self.say(f"  [{_text_bar(current, total)}] {current}/{total} {message}{note}")
+
+
+def _watch(durably: Durably, already_done: int, display: Display) -> None:
+    """Report each step that runs and each progress report; mark replayed steps."""
 
     def on_step_complete(event: StepCompleteEvent) -> None:
-        _say(f"    {event.step_name}: {event.output} orders in {event.duration:.2f} s")
+        display.say(f"    {event.step_name}: {event.output} orders in {event.duration:.2f} s")
 
     def on_progress(event: RunProgressEvent) -> None:
         progress = event.progress
         current = int(progress.current)
         total = int(progress.total or current)
-        filled = round(BAR_WIDTH * current / total) if total else BAR_WIDTH
-        bar = "#" * filled + "." * (BAR_WIDTH - filled)
-        note = "  (done in an earlier run: skipped)" if current <= already_done else ""
-        _say(f"  [{bar}] {current}/{total} {progress.message or ''}{note}")
+        display.progress(current, total, progress.message or "", current <= already_done)
 
     durably.on("step:complete", on_step_complete)
     durably.on("run:progress", on_progress)
@@ -166,12 +232,15 @@ def run_demo(db: str, batches: int, step_seconds: float) -> int:
             _say(f"  waiting for its lease to expire ({STALE_THRESHOLD:.0f} s without heartbeat)")
         _say("  press Ctrl-C at any time, then run `durably demo` again to resume")
 
-        _watch(durably, done)
+        display = Display(Console() if sys.stdout.isatty() else None)
+        _watch(durably, done, display)
         started = time.monotonic()
+        display.start(total, done)
         durably.start()
         try:
             result = handle.trigger_and_wait(payload, idempotency_key=IDEMPOTENCY_KEY)
         except KeyboardInterrupt:
+            display.stop()
             _say("\nstopping: the step in flight finishes, then the run goes back to pending")
             try:
                 durably.stop(timeout=STOP_TIMEOUT)
@@ -190,6 +259,8 @@ def run_demo(db: str, batches: int, step_seconds: float) -> int:
                     f"lease expires ({STALE_THRESHOLD:.0f} s)"
                 )
             return EXIT_INTERRUPTED
+        finally:
+            display.stop()
 
         output = result.output
         elapsed = time.monotonic() - started

@@ -11,6 +11,7 @@ locking reads take no gap locks. Migrations hold `pg_advisory_lock` / `GET_LOCK`
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import zlib
@@ -197,6 +198,16 @@ class SqlAlchemyDialect:
         self.engine.dispose()
 
 
+# (scheme, DB-API module) of the URLs `durably dialects` lists; any other URL SQLAlchemy
+# opens works too
+_LISTED_SCHEMES = (
+    ("postgresql+psycopg", "psycopg"),
+    ("mysql+pymysql", "pymysql"),
+    ("mariadb+pymysql", "pymysql"),
+    ("sqlite+pysqlite", "sqlite3"),
+)
+
+
 class SqlAlchemyPlugin:
     """The catch-all: any URL SQLAlchemy understands that no other plugin claimed."""
 
@@ -221,7 +232,9 @@ class SqlAlchemyPlugin:
 
     @hookimpl
     def durably_dialect_schemes(self) -> list[str]:
-        return ["postgresql+psycopg", "mysql+pymysql", "mariadb+pymysql", "sqlite+pysqlite"]
+        """The usual schemes whose DB-API driver is importable here (listing one whose
+        driver is missing would promise a URL that then fails)."""
+        return [scheme for scheme, driver in _LISTED_SCHEMES if importlib.util.find_spec(driver)]
 
 
 plugin = SqlAlchemyPlugin()

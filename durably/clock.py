@@ -22,8 +22,20 @@ class Clock(Protocol):
 class SystemClock:
     """The real clock."""
 
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")
+
     def now(self) -> datetime:
         return datetime.now(timezone.utc)
+
+    def now_db(self) -> str:
+        """`to_db(self.now())`, at half the cost: the store stamps every step twice."""
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+        cached_second, prefix = self._second
+        if seconds != cached_second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            self._second = (seconds, prefix)
+        return f"{prefix}.{nanos // 1000:06d}Z"
 
     def monotonic(self) -> float:
         return time.monotonic()

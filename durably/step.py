@@ -158,6 +158,9 @@ class _StepCore:
                 f"which cannot be stored as JSON ({exc}); return JSON-compatible data, a "
                 "pydantic model or a dataclass"
             ) from exc
+        # the JSON round trip of these is the identity (not of floats: NaN becomes null)
+        if result is None or type(result) in _JSON_IDENTITY:
+            return text, result
         return text, json.loads(text)
 
     def _complete(self, index: int, name: str, tp: Any, result: Any, started: Any) -> Any:
@@ -170,6 +173,9 @@ class _StepCore:
             raise
         self._ex.step_completed(index, name, text, started)
         return value
+
+
+_JSON_IDENTITY = (str, int, bool)
 
 
 class StepContext(_StepCore):

@@ -210,6 +210,10 @@ class Store:
         self._notify: Callable[[Connection], None] | None = getattr(dialect, "notify", None)
         # single-statement claims where UPDATE ... RETURNING exists
         self._returning = bool(getattr(dialect, "returning", False))
+        # the real clock formats its own timestamps faster; a test clock goes through now()
+        fast_now: Callable[[], str] | None = getattr(clock, "now_db", None)
+        if fast_now is not None:
+            self.now = fast_now  # type: ignore[method-assign]
 
     # -- statement cache -------------------------------------------------------------
 

@@ -67,6 +67,8 @@ class _Conn:
 
     def execute(self, sql: str, params: Any = ()) -> Result:
         cur = self._raw.execute(sql, params)
+        if cur.description is None:  # a write without RETURNING: nothing to fetch
+            return Result((), cur.rowcount)
         rows = cur.fetchall()
         return Result(rows, len(rows) if rows and cur.rowcount < 0 else cur.rowcount)
 

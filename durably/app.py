@@ -263,8 +263,15 @@ class Durably:
         """Run `process_one` until nothing is claimable (or `max_runs` ran)."""
         _check_non_negative("max_runs", max_runs)
         count = 0
-        while (max_runs is None or count < max_runs) and self.process_one():
+        lease = None
+        while max_runs is None or count < max_runs:
+            self._check_open()
+            lease = lease or self._worker.claim()
+            if lease is None:
+                break
             count += 1
+            # each run's final write claims the next one, unless this was the last wanted
+            lease = self._worker.execute(lease, chain=max_runs is None or count < max_runs)
         return count
 
     async def process_one_async(self) -> bool:

@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -58,6 +59,10 @@ class RunExecution:
         self.failed_step: str | None = None
         self._started_mono = 0.0
         self._step_mono = 0.0
+        # set by a worker that goes on claiming: (job names, owner) of the next claim,
+        # made in the transaction that finishes this run; its result lands in next_lease
+        self.claim_next: Callable[[], tuple[Sequence[str], str] | None] | None = None
+        self.next_lease: Lease | None = None
 
     # -- called by StepContext ---------------------------------------------------------
 
@@ -220,7 +225,7 @@ class RunExecution:
             self._fail(f"invalid output of job {lease.job_name!r}: {describe(exc)}", None)
             return
         try:
-            done = self.store.complete(lease, text)
+            done = self._finish("complete", output=text)
         except Exception as exc:
             self._store_failed(exc)
             return
@@ -261,7 +266,7 @@ class RunExecution:
     def _fail(self, error: str, step_name: str | None) -> None:
         lease = self.lease
         try:
-            done = self.store.fail(lease, error, step_name)
+            done = self._finish("fail", error=error, step=step_name)
         except Exception as exc:
             self._store_failed(exc)
             return
@@ -273,6 +278,17 @@ class RunExecution:
                 error=error,
                 failed_step_name=step_name,
             )
+
+    def _finish(self, key: str, **params: Any) -> bool:
+        """The final compare-and-set write, claiming the next run with it when asked to."""
+        claim = self.claim_next() if self.claim_next is not None else None
+        if claim is None:
+            return self.store.finish(self.lease, key, **params)
+        job_names, owner = claim
+        done, self.next_lease = self.store.finish_and_claim(
+            self.lease, key, job_names, owner, **params
+        )
+        return done
 
     def _store_failed(self, exc: BaseException) -> None:
         logger.warning("database error while running %s: %s", self.lease.run_id, exc)

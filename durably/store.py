@@ -197,6 +197,18 @@ class NewRun:
     concurrency_key: str | None
 
 
+def _lease_from_row(row: Sequence[Any]) -> Lease:
+    run_id, job_name, payload, generation, concurrency_key = row
+    return Lease(
+        run_id=run_id,
+        job_name=job_name,
+        generation=generation,
+        payload=loads(payload),
+        first_claim=generation == 1,
+        concurrency_key=concurrency_key,
+    )
+
+
 class Store:
     """Reads and writes durably's tables through one Dialect."""
 
@@ -337,42 +349,66 @@ class Store:
         """Atomically take the oldest claimable pending run of `job_names`."""
         if not job_names:
             return None
-        names = tuple(sorted(job_names))
-        params = {f"job_{i}": name for i, name in enumerate(names)}
+        names, params = self._claim_params(job_names)
         for _ in range(5):
             try:
-                if self._returning:
-                    row = self._claim_returning(names, owner, params)
-                else:
-                    row = self._claim_select_update(names, owner, params)
+                with self.dialect.transaction() as conn:
+                    row = self._claim_in(conn, names, owner, params)
             except self._integrity:
                 # another claimer took the same concurrency key at the same moment
                 # (possible where claims are not serialised); look again
                 continue
-            if row is None:
-                return None
-            if row is _RETRY:
-                continue
-            run_id, job_name, payload, generation, concurrency_key = row
-            return Lease(
-                run_id=run_id,
-                job_name=job_name,
-                generation=generation,
-                payload=loads(payload),
-                first_claim=generation == 1,
-                concurrency_key=concurrency_key,
-            )
+            row = self._claimed_row(row)
+            if row is not _RETRY:
+                return None if row is None else _lease_from_row(row)
         return None
 
-    def _claim_returning(self, names: tuple[str, ...], owner: str, params: dict[str, Any]) -> Any:
-        """One statement: UPDATE ... WHERE id = (oldest claimable) RETURNING the run."""
-        sql = self._sql(("claim_returning", len(names)), lambda: self._claim_update(len(names)))
-        with self.dialect.transaction() as conn:
-            cur = self._exec(conn, sql, owner=owner, now=self.now(), **params)
-        return cur.fetchone()
+    def finish_and_claim(
+        self, lease: Lease, key: str, job_names: Sequence[str], owner: str, **params: Any
+    ) -> tuple[bool, Lease | None]:
+        """Finish `lease` (`complete` or `fail`) and claim the next run in one transaction.
+
+        A worker that goes on claiming saves one commit per run this way. Where the claim
+        cannot be part of it (a concurrency-key race, a lost select-then-update), the run
+        is finished on its own and the caller claims as usual (None).
+        """
+        names, claim_params = self._claim_params(job_names)
+        try:
+            with self.dialect.transaction() as conn:
+                cur = self._finish_in(conn, lease, key, params)
+                row = self._claim_in(conn, names, owner, claim_params)
+        except self._integrity:
+            return self.finish(lease, key, **params), None
+        done = bool(cur.rowcount == 1)
+        row = self._claimed_row(row)
+        return done, None if row is None or row is _RETRY else _lease_from_row(row)
+
+    @staticmethod
+    def _claim_params(job_names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, Any]]:
+        names = tuple(sorted(job_names))
+        return names, {f"job_{i}": name for i, name in enumerate(names)}
+
+    def _claim_in(
+        self, conn: Connection, names: tuple[str, ...], owner: str, params: dict[str, Any]
+    ) -> Any:
+        """Claim inside the transaction of `conn`; read the outcome with `_claimed_row`
+        after the transaction (batch-only transports fill results in at its end)."""
+        if self._returning:
+            # one statement: UPDATE ... WHERE id = (oldest claimable) RETURNING the run
+            sql = self._sql(
+                ("claim_returning", len(names)), lambda: self._claim_update(len(names))
+            )
+            return self._exec(conn, sql, owner=owner, now=self.now(), **params)
+        return self._claim_select_update(conn, names, owner, params)
+
+    def _claimed_row(self, claimed: Any) -> Any:
+        """The claimed run's row, None when nothing was claimable, or `_RETRY`."""
+        if self._returning:
+            return claimed.fetchone()
+        return claimed
 
     def _claim_select_update(
-        self, names: tuple[str, ...], owner: str, params: dict[str, Any]
+        self, conn: Connection, names: tuple[str, ...], owner: str, params: dict[str, Any]
     ) -> Any:
         """Select the oldest claimable run (locking it), then update it: for backends
         without UPDATE ... RETURNING (MySQL/MariaDB); needs an interactive transaction."""
@@ -391,22 +427,21 @@ class Store:
                 .values(**self._claim_values(P("generation")))
             ),
         )
-        with self.dialect.transaction() as conn:
-            row = self._exec(conn, select_sql, **params).fetchone()
-            if row is None:
-                return None
-            run_id, job_name, payload, generation, concurrency_key = row
-            updated = self._exec(
-                conn,
-                update_sql,
-                id=run_id,
-                old_generation=generation,
-                generation=generation + 1,
-                owner=owner,
-                now=self.now(),
-            )
-            if updated.rowcount != 1:
-                return _RETRY
+        row = self._exec(conn, select_sql, **params).fetchone()
+        if row is None:
+            return None
+        run_id, job_name, payload, generation, concurrency_key = row
+        updated = self._exec(
+            conn,
+            update_sql,
+            id=run_id,
+            old_generation=generation,
+            generation=generation + 1,
+            owner=owner,
+            now=self.now(),
+        )
+        if updated.rowcount != 1:
+            return _RETRY
         return run_id, job_name, payload, generation + 1, concurrency_key
 
     @staticmethod
@@ -622,26 +657,29 @@ class Store:
             )
         return bool(cur.rowcount == 1)
 
-    def _finish(self, lease: Lease, key: str, **params: Any) -> bool:
-        sql = self._fenced(key)
+    def finish(self, lease: Lease, key: str, **params: Any) -> bool:
+        """The final fenced write of a run: `complete`, `fail` or `release`."""
         with self.dialect.transaction() as conn:
-            cur = self._exec(
-                conn, sql, id=lease.run_id, generation=lease.generation, now=self.now(), **params
-            )
-            # a released run, or a freed concurrency key, is claimable elsewhere now
-            if (key == "release" or lease.concurrency_key is not None) and self._notify:
-                self._notify(conn)
+            cur = self._finish_in(conn, lease, key, params)
         return bool(cur.rowcount == 1)
 
-    def complete(self, lease: Lease, output_json: str | None) -> bool:
-        return self._finish(lease, "complete", output=output_json)
-
-    def fail(self, lease: Lease, error: str, failed_step_name: str | None) -> bool:
-        return self._finish(lease, "fail", error=error, step=failed_step_name)
+    def _finish_in(self, conn: Connection, lease: Lease, key: str, params: dict[str, Any]) -> Any:
+        cur = self._exec(
+            conn,
+            self._fenced(key),
+            id=lease.run_id,
+            generation=lease.generation,
+            now=self.now(),
+            **params,
+        )
+        # a released run, or a freed concurrency key, is claimable elsewhere now
+        if (key == "release" or lease.concurrency_key is not None) and self._notify:
+            self._notify(conn)
+        return cur
 
     def release(self, lease: Lease) -> bool:
         """Give a claimed run back to pending so another worker resumes it at once."""
-        return self._finish(lease, "release")
+        return self.finish(lease, "release")
 
     # -- state changes requested by users ----------------------------------------------
 

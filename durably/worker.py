@@ -65,6 +65,18 @@ class Worker:
 
     def claim(self) -> Lease | None:
         """Recover stale runs when due, then claim the oldest claimable run."""
+        self._recover_when_due()
+        return self._d._store.claim(self._d._job_names(), self.owner)
+
+    def _chained_claim(self) -> tuple[tuple[str, ...], str] | None:
+        """What the next claim needs, for the transaction that finishes a run; None once
+        the worker stops, so a stopping worker takes no new run."""
+        if self._stopping.is_set():
+            return None
+        self._recover_when_due()
+        return self._d._job_names(), self.owner
+
+    def _recover_when_due(self) -> None:
         d = self._d
         now = d._clock.monotonic()
         if now >= self._next_recovery and self._recovery_lock.acquire(blocking=False):
@@ -75,16 +87,23 @@ class Worker:
                     self._next_recovery = now + max(0.05, d.stale_threshold / 4)
             finally:
                 self._recovery_lock.release()
-        return d._store.claim(d._job_names(), self.owner)
 
-    def execute(self, lease: Lease) -> None:
-        """Run a claimed lease in this thread, heartbeating while it runs."""
+    def execute(self, lease: Lease, *, chain: bool = False) -> Lease | None:
+        """Run a claimed lease in this thread, heartbeating while it runs.
+
+        With `chain`, the run's final write also claims the next run (one commit fewer per
+        run), which is returned for the caller to execute next.
+        """
         job = self._d._job_for(lease.job_name)
+        execution = RunExecution(self._d, lease, job)
+        if chain:
+            execution.claim_next = self._chained_claim
         self.track(lease)
         try:
-            RunExecution(self._d, lease, job).run_sync()
+            execution.run_sync()
         finally:
             self.untrack(lease)
+        return execution.next_lease
 
     def active_lease(self, run_id: str) -> Lease | None:
         with self._active_lock:
@@ -141,13 +160,18 @@ class Worker:
             if lease is None:
                 self._idle_wait(seen, d.polling_interval)
                 continue
-            try:
-                self.execute(lease)
-            except Exception as exc:  # never let a run kill the slot
-                logger.exception("unexpected error executing %s", lease.run_id)
-                d._events.emit(
-                    "worker:error", error=describe(exc), context="execute", run_id=lease.run_id
-                )
+            while lease is not None:
+                current, lease = lease, None
+                try:
+                    lease = self.execute(current, chain=True)
+                except Exception as exc:  # never let a run kill the slot
+                    logger.exception("unexpected error executing %s", current.run_id)
+                    d._events.emit(
+                        "worker:error",
+                        error=describe(exc),
+                        context="execute",
+                        run_id=current.run_id,
+                    )
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop claiming; wait for runs in flight (released at their next step after timeout)."""

@@ -155,6 +155,30 @@ def test_stop_without_timeout_waits_for_the_run_in_flight_to_complete(durably: D
     assert final is not None and final.status == "completed" and final.output == "done"
 
 
+def test_stop_during_a_run_claims_no_further_run_when_that_run_ends(durably: Durably) -> None:
+    """A run's final write claims the next run only while the worker is not stopping."""
+    gate = Gate()
+
+    @define_job(name="first-of-many")
+    def job(step: StepContext, payload: Any) -> str:
+        if payload["i"] == 0:
+            step.run("wait", gate.pass_through)
+        return "done"
+
+    handle = durably.register({"job": job})["job"]
+    runs = handle.batch_trigger([{"i": i} for i in range(4)])
+    durably.start()
+    gate.wait_entered()
+    stopper, outcome = in_background(durably.stop)
+    wait_until(durably._worker._stopping.is_set)
+    gate.open()
+    stopper.join(20)
+    assert not stopper.is_alive() and "error" not in outcome
+    statuses = [durably.get_run(r.id).status for r in runs]  # type: ignore[union-attr]
+    assert statuses == ["completed", "pending", "pending", "pending"]
+    assert durably.process_until_idle() == 3
+
+
 def test_stop_with_timeout_releases_the_run_at_its_next_step_boundary_for_another_worker(
     make_durably: MakeDurably,
 ) -> None:

@@ -32,12 +32,14 @@ from durably import (
 )
 from durably.subscribe import final_event
 
+from . import dashboard
 from .sse import EventFeed, EventStream, frame
 from .wire import (
     RUN_SUMMARY_TYPES,
     STEP_SUMMARY_TYPES,
     dumps,
     event_json,
+    log_json,
     run_json,
     step_json,
     summary_json,
@@ -243,6 +245,14 @@ class _Api:
         steps = await self.durably.get_steps_async(run_id)
         return JSONResponse([step_json(step) for step in steps])
 
+    async def logs(self, request: Request) -> ASGIApp:
+        run_id = _required(request, "runId")
+        logs = await self.durably.get_logs_async(run_id)
+        return JSONResponse([log_json(entry) for entry in logs])
+
+    async def jobs(self, request: Request) -> ASGIApp:
+        return JSONResponse(dashboard.jobs_json(self.durably))
+
     async def retry(self, request: Request) -> ASGIApp:
         await self.durably.retry_async(_required(request, "runId"))
         return _success()
@@ -254,6 +264,17 @@ class _Api:
     async def delete(self, request: Request) -> ASGIApp:
         await self.durably.delete_run_async(_required(request, "runId"))
         return _success()
+
+    # -- dashboard ---------------------------------------------------------------------
+
+    async def dashboard_page(self, request: Request) -> ASGIApp:
+        return dashboard.page()
+
+    async def dashboard_asset(self, request: Request) -> ASGIApp:
+        response = dashboard.asset(request.path_params["name"])
+        if response is None:
+            raise HTTPError(404, f"not found: {request.method} {request.url.path}")
+        return response
 
     # -- streams -----------------------------------------------------------------------
 
@@ -360,6 +381,7 @@ class _Endpoint:
 def create_app(durably: Durably, authorize: Authorize | None = None) -> Starlette:
     """The HTTP API of `durably` as an ASGI app, mountable under any prefix.
 
+    Its root (`GET /`) serves the dashboard, a page that uses the API with relative URLs.
     `authorize(request)` (sync or async) runs before every request, streams included;
     a falsy result answers 401.
     """
@@ -373,6 +395,11 @@ def create_app(durably: Durably, authorize: Authorize | None = None) -> Starlett
         "/runs/subscribe": {"GET": api.runs_subscribe},
         "/retry": {"POST": api.retry},
         "/cancel": {"POST": api.cancel},
+        # additions to the original's routes: the dashboard and what only it needs
+        "/logs": {"GET": api.logs},
+        "/jobs": {"GET": api.jobs},
+        "/": {"GET": api.dashboard_page},
+        dashboard.ASSET_PREFIX + "/{name}": {"GET": api.dashboard_asset},
     }
     app = Starlette(
         routes=[

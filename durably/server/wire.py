@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from durably import BaseEvent, Progress, Run, StepRecord
+from durably import BaseEvent, LogEntry, Progress, Run, StepRecord
 
 #: `/runs/subscribe` forwards these as `{type, runId, jobName}` (+ `progress`).
 RUN_SUMMARY_TYPES = frozenset(
@@ -94,6 +94,19 @@ def step_json(step: StepRecord) -> dict[str, Any]:
         "error": step.error,
         "startedAt": iso(step.started_at),
         "completedAt": iso(step.completed_at),
+    }
+
+
+def log_json(entry: LogEntry) -> dict[str, Any]:
+    """A persisted log line (an addition: the original's handler has no logs route)."""
+    return {
+        "id": entry.id,
+        "runId": entry.run_id,
+        "stepName": entry.step_name,
+        "level": entry.level,
+        "message": entry.message,
+        "data": entry.data,
+        "createdAt": iso(entry.created_at),
     }
 
 

@@ -394,7 +394,7 @@ def test_state_changes_of_an_unknown_run_are_404(
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/"),
+        ("POST", "/"),
         ("GET", "/nope"),
         ("GET", "/trigger"),
         ("PUT", "/trigger"),

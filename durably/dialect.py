@@ -95,7 +95,9 @@ class Dialect(Protocol):
     - `integrity_errors` are the exception types the driver raises on a UNIQUE violation.
     - `skip_locked` says the backend supports `SELECT ... FOR UPDATE SKIP LOCKED`.
     - `migrate(migrator)` runs `migrator.upgrade(conn)` on a SQLAlchemy connection, holding
-      a lock that serialises concurrent migrations across processes.
+      a lock that serialises concurrent migrations across processes; a backend that has no
+      SQLAlchemy engine applies the same revisions by other means (the libSQL adapter runs
+      alembic's offline SQL through its driver) and keeps `durably_alembic_version` in step.
 
     Optional members, used when present:
     - `notify(conn)`: called inside a write transaction that made runs claimable, to wake

@@ -20,7 +20,7 @@ SERVER_URLS = {
     ),
     "mysql": os.environ.get("DURABLY_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
-ALL_BACKENDS = ("sqlite", "postgres", "mysql")
+ALL_BACKENDS = ("sqlite", "postgres", "mysql", "libsql")
 DURABLY_TABLES = ("durably_logs", "durably_steps", "durably_runs")
 
 

@@ -1,7 +1,7 @@
 """Shared fixtures: one core suite over every backend, Durably factories, poll-until waits.
 
 Tests that use `make_durably`/`durably` run once per backend of `DURABLY_TEST_BACKENDS`
-(default: sqlite,postgres,mysql). A test that also asks for `db_url` reads the SQLite file
+(default: sqlite,postgres,mysql,libsql). A test that also asks for `db_url` reads the SQLite file
 directly, so it runs on SQLite only; `@pytest.mark.backends(...)` narrows a test to some of
 the selected backends. Under `CI=true` an unreachable server is a failure; elsewhere its
 tests are skipped with the reason. The backend helpers live in `_backends.py`.
@@ -57,9 +57,11 @@ def db_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def backend_url(backend: str, tmp_path: Path) -> str:
-    """The database of this test's backend: a fresh SQLite file, or an emptied server DB."""
+    """The database of this test's backend: a fresh (libSQL) SQLite file, or an emptied server DB."""
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'durably.db'}"
+    if backend == "libsql":
+        return f"libsql+file:{tmp_path / 'durably.db'}"
     prepare_server(backend)
     url = SERVER_URLS[backend]
     empty_tables(url)

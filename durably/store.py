@@ -369,15 +369,20 @@ class Store:
         """Finish `lease` (`complete` or `fail`) and claim the next run in one transaction.
 
         A worker that goes on claiming saves one commit per run this way. Where the claim
-        cannot be part of it (a concurrency-key race, a lost select-then-update), the run
-        is finished on its own and the caller claims as usual (None).
+        cannot be part of it, the run is finished on its own and the caller claims as usual
+        (None): on backends without UPDATE ... RETURNING, whose select-then-update claim
+        after a write risks deadlocks (MySQL), and after any error of the joint transaction
+        (a concurrency-key race, a deadlock), which left nothing written.
         """
+        if not self._returning:
+            return self.finish(lease, key, **params), None
         names, claim_params = self._claim_params(job_names)
         try:
             with self.dialect.transaction() as conn:
                 cur = self._finish_in(conn, lease, key, params)
                 row = self._claim_in(conn, names, owner, claim_params)
-        except self._integrity:
+        except Exception as exc:
+            logger.debug("finishing %s with the next claim failed: %s", lease.run_id, exc)
             return self.finish(lease, key, **params), None
         done = bool(cur.rowcount == 1)
         row = self._claimed_row(row)

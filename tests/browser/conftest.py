@@ -224,9 +224,10 @@ def split_dashboard(tmp_path: Path) -> Iterator[Dashboard]:
     yield from _serve(tmp_path, build, "/")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless system Chromium for the session."""
+    """One headless system Chromium for the module (closed after it: Playwright's sync API
+    keeps an event loop marked running in this thread while it is open)."""
     if not Path(CHROMIUM).exists():
         _unavailable(f"{CHROMIUM} is not installed (apt-get install chromium)")
     try:

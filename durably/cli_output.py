@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .events import Progress
-from .records import LogEntry, Run, StepRecord
+from .records import LogEntry, Run, StepRecord, finite_json
 
 STATUS_STYLES = {
     "pending": "yellow",
@@ -64,22 +64,11 @@ def record_json(record: Run | StepRecord | LogEntry) -> dict[str, Any]:
     return data
 
 
-def _finite(value: Any) -> Any:
-    # JSON has no NaN/Infinity: write null, as JSON.stringify does
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def to_json(value: Any, *, indent: int | None = 2) -> str:
     """JSON that every parser accepts (no NaN); anything not JSON is written as its repr."""
     separators = None if indent else (",", ":")
     return json.dumps(
-        _finite(value), indent=indent, separators=separators, ensure_ascii=False, default=repr
+        finite_json(value), indent=indent, separators=separators, ensure_ascii=False, default=repr
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -85,3 +86,15 @@ class BatchItem:
     payload: Any
     idempotency_key: str | None = None
     concurrency_key: str | None = None
+
+
+def finite_json(value: Any) -> Any:
+    """A JSON value with NaN and infinities replaced by None, as `JSON.stringify` writes
+    them: JSON has no such numbers, and the CLI and the HTTP API print stored values."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value

@@ -6,13 +6,13 @@ The shapes are those of @coji/durably 0.6's HTTP handler, so its clients work un
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime, timezone
 from typing import Any
 
 from pydantic_core import to_jsonable_python
 
 from durably import BaseEvent, LogEntry, Progress, Run, StepRecord
+from durably.records import finite_json
 
 #: `/runs/subscribe` forwards these as `{type, runId, jobName}` (+ `progress`).
 RUN_SUMMARY_TYPES = frozenset(
@@ -160,17 +160,6 @@ def _jsonable(value: Any) -> Any:
     return to_jsonable_python(value, fallback=repr)
 
 
-def _finite(value: Any) -> Any:
-    # JSON has no NaN/Infinity; JSON.stringify writes them as null, and so do we
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def dumps(value: Any) -> str:
     """Compact JSON that any JSON parser accepts (no NaN), whatever the payload holds."""
     try:
@@ -179,5 +168,8 @@ def dumps(value: Any) -> str:
         )
     except ValueError:
         return json.dumps(
-            _finite(_jsonable(value)), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            finite_json(_jsonable(value)),
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
         )

@@ -57,7 +57,7 @@ def db_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def backend_url(backend: str, tmp_path: Path) -> str:
-    """The database of this test's backend: a fresh (libSQL) SQLite file, or an emptied server DB."""
+    """This test's database: a fresh SQLite or libSQL file, or an emptied server database."""
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'durably.db'}"
     if backend == "libsql":

@@ -106,3 +106,23 @@ def _read_port(process: subprocess.Popen[str], log: Path, timeout: float = 30.0)
 def external_url() -> str | None:
     """`LIBSQL_TEST_URL`: a real sqld or Turso database the remote tests also run against."""
     return os.environ.get("LIBSQL_TEST_URL") or None
+
+
+EXTERNAL = external_url()
+# (id, URL template) of every case the libSQL tests run on: each transport, and the real
+# database of LIBSQL_TEST_URL when it is set
+CASES = [(case_id, template) for case_id, template, _ in REMOTE_TRANSPORTS + FILE_TRANSPORTS]
+if EXTERNAL is not None:
+    CASES.append(("external", EXTERNAL))
+
+
+@contextmanager
+def case_url(case_id: str, template: str, directory: Path) -> Iterator[str]:
+    """The URL of one case: LIBSQL_TEST_URL, a fresh file, or a fresh test server's."""
+    if case_id == "external":
+        yield template
+    elif template.startswith("libsql+file:"):
+        yield template.format(path=directory / "durably.db")
+    else:
+        with hrana_server(directory) as server:
+            yield server.url(template)

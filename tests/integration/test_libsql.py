@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import sqlalchemy
 from _libsql_helpers import (
-    FILE_TRANSPORTS,
+    CASES,
     REMOTE_TRANSPORTS,
     HranaServer,
-    external_url,
+    case_url,
     hrana_server,
 )
 from conftest import wait_until
@@ -48,23 +48,12 @@ from durably_dialects.libsql import (
 )
 from durably_dialects.libsql._migrate import head_revision, split_sql
 
-EXTERNAL = external_url()
-CASES = [(case_id, template) for case_id, template, _ in REMOTE_TRANSPORTS + FILE_TRANSPORTS]
-if EXTERNAL is not None:
-    CASES.append(("external", EXTERNAL))
-
 
 @pytest.fixture(params=CASES, ids=[c[0] for c in CASES])
 def libsql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A libSQL URL of each transport: a fresh file, a fresh test server, or LIBSQL_TEST_URL."""
-    case_id, template = request.param
-    if case_id == "external":
-        yield template
-    elif template.startswith("libsql+file:"):
-        yield template.format(path=tmp_path / "durably.db")
-    else:
-        with hrana_server(tmp_path) as server:
-            yield server.url(template)
+    with case_url(*request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _libsql_helpers import FILE_TRANSPORTS, REMOTE_TRANSPORTS, external_url, hrana_server
+from _libsql_helpers import CASES, case_url
 from conftest import wait_until
 
 from durably import Durably, create_durably, define_job
@@ -27,24 +27,15 @@ WORKER = Path(__file__).resolve().parents[1] / "libsql_server" / "worker.py"
 STEPS = 5
 STALE = 1.5
 
-EXTERNAL = external_url()
-CASES = [(case_id, template) for case_id, template, _ in REMOTE_TRANSPORTS + FILE_TRANSPORTS]
-if EXTERNAL is not None:
-    CASES.append(("external", EXTERNAL))
 
 pytestmark = pytest.mark.crash
 
 
 @pytest.fixture(params=CASES, ids=[c[0] for c in CASES])
 def libsql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    case_id, template = request.param
-    if case_id == "external":
-        yield template
-    elif template.startswith("libsql+file:"):
-        yield template.format(path=tmp_path / "durably.db")
-    else:
-        with hrana_server(tmp_path) as server:
-            yield server.url(template)
+    """A libSQL URL of each transport: a fresh file, a fresh test server, or LIBSQL_TEST_URL."""
+    with case_url(*request.param, tmp_path) as url:
+        yield url
 
 
 def _markers(path: Path) -> list[tuple[str, str, str, int]]:

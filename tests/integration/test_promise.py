@@ -97,7 +97,9 @@ def _worker_name() -> str:
     return getattr(_current_worker, "name", threading.current_thread().name)
 
 
-def _recorded(log: SideLog, step: StepContext, name: str, body: Callable[[], Any] | None = None):  # type: ignore[no-untyped-def]
+def _recorded(
+    log: SideLog, step: StepContext, name: str, body: Callable[[], Any] | None = None
+) -> Callable[[], Any]:
     """A step function that logs its start and end around `body`."""
 
     def fn() -> Any:
@@ -396,10 +398,16 @@ def test_delete_run_racing_retry_never_leaves_a_run_without_its_completed_steps(
     assert {_status(d1, r.id) for r in runs} == {"failed"}
     fail["on"] = False
 
+    errors: list[str] = []
+
     def race(barrier: threading.Barrier, action: Callable[[str], None], run_id: str) -> None:
         barrier.wait(10)
-        with contextlib.suppress(InvalidRunStateError, RunNotFoundError):
+        try:
             action(run_id)
+        except (InvalidRunStateError, RunNotFoundError):
+            pass  # the other call won
+        except Exception as exc:  # e.g. a deadlock the backend resolved by rolling back
+            errors.append(f"{action.__name__}: {type(exc).__name__}")
 
     for run in runs:
         barrier = threading.Barrier(2)
@@ -421,6 +429,7 @@ def test_delete_run_racing_retry_never_leaves_a_run_without_its_completed_steps(
     }
     assert not broken, f"{len(broken)} of {len(survivors)} surviving runs lost steps: {broken}"
 
+    print(f"errors of the racing calls: {Counter(errors)}")
     d1.process_until_idle()
     for rid in survivors:
         assert log.starts(rid) == Counter({"a": 1, "b": 1}), (rid, log.of(rid))

@@ -138,8 +138,9 @@ def _status(d: Durably, run_id: str) -> str | None:
 # -- 2. a run claimed in the transaction that finished the previous one -------------------
 
 
+@pytest.mark.parametrize("driver", ["start", "process_until_idle"])
 def test_run_claimed_with_the_previous_completion_is_not_taken_over_while_a_listener_blocks(
-    make_durably: Callable[..., Durably],
+    make_durably: Callable[..., Durably], driver: str
 ) -> None:
     """The next run, claimed together with run 1's completion, is held (heartbeated, or
     not claimed yet) while run 1's `run:complete` listener blocks: no second holder."""
@@ -165,11 +166,17 @@ def test_run_claimed_with_the_previous_completion_is_not_taken_over_while_a_list
             _within(lambda: log.started(r2.id, "s1", "B"), 3 * STALE)
 
     a.on("run:complete", on_complete)
-    a.start()
+    if driver == "start":
+        a.start()
+    else:
+        drain = _thread(a.process_until_idle, "A")
     assert entered.wait(20)
     b.start()
     wait_until(lambda: _status(a, r2.id) == "completed", timeout=30)
-    a.stop()
+    if driver == "start":
+        a.stop()
+    else:
+        drain.join(20)
     b.stop()
 
     assert log.starts(r2.id) == Counter({"s1": 1, "s2": 1}), log.of(r2.id)

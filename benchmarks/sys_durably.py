@@ -302,7 +302,7 @@ def _plans(path: str, d: Any) -> dict[str, str]:
     """EXPLAIN QUERY PLAN of every statement the store compiled during this cell."""
     conn = sqlite3.connect(path)
     plans = {}
-    for key, sql in d._store._cache.items():
+    for key, sql in d._runtime.store.db._cache.items():
         names = sql._names or ()
         params = [0 if n in ("generation", "index", "limit", "offset") else "x" for n in names]
         rows = conn.execute(f"EXPLAIN QUERY PLAN {sql.text}", params).fetchall()
@@ -320,10 +320,10 @@ def scale(path: str, history: int, samples: int) -> dict[str, Any]:
     with _open(url) as d:
         d.jobs.noop.batch_trigger([{"i": i} for i in range(samples)])
         claims = []
-        store, owner = d._store, d._worker.owner
+        claims_store, request = d._runtime.store.claims, d._keeper.request()
         for _ in range(samples):
             start = time.perf_counter()
-            lease = store.claim(("noop",), owner)
+            lease = claims_store.claim(request)
             claims.append(time.perf_counter() - start)
             # left running: the next claim takes the next pending run
             assert lease is not None

@@ -4,6 +4,7 @@ A job is a plain function; every `step.run(name, fn)` in it is persisted, so a r
 killed by a crash, a deploy or Ctrl-C resumes from its last completed step.
 """
 
+from ._step import AsyncStepContext, StepContext
 from .app import Durably, JobsNamespace, create_durably
 from .clock import Clock, SystemClock
 from .dialect import (
@@ -54,7 +55,6 @@ from .events import (
 from .handle import JobHandle
 from .jobs import JobDefinition, define_job
 from .records import BatchItem, LogEntry, Run, RunStatus, StepRecord, TriggerResult
-from .step import AsyncStepContext, StepContext
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""`Durably` and `create_durably`: the facade that wires store, worker, events and jobs."""
+"""`Durably` and `create_durably`: the facade that wires the parts; it holds no logic."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from ._lease import LeaseKeeper
+from ._runs import RunOperations, check_count
+from ._runtime import JobRegistry, Runtime, Settings
+from ._store import Store
+from ._worker import Worker
 from .clock import Clock, SystemClock
 from .dialect import Dialect, as_dialect, redact_url
-from .errors import ConfigurationError, DurablyError, MigrationError
+from .errors import DurablyError, MigrationError
 from .events import BaseEvent, ErrorHandler, EventEmitter, Listener
-from .execution import RunExecution
 from .handle import JobHandle
 from .jobs import JobDefinition
 from .migrate import AlembicMigrator
-from .records import RUN_STATUSES, LogEntry, Run, RunStatus, StepRecord
-from .store import NewRun, Store
+from .records import LogEntry, Run, RunStatus, StepRecord
 from .subscribe import AsyncRunSubscription, RunSubscription, wait_for, wait_for_async
-from .worker import Worker
 
 logger = logging.getLogger("durably")
 
@@ -70,23 +72,6 @@ class JobsNamespace:
         return f"JobsNamespace({sorted(self._handles)})"
 
 
-def _as_list(value: str | Sequence[str] | None, what: str) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    values = list(value)
-    for v in values:
-        if not isinstance(v, str):
-            raise TypeError(f"{what} must be a string or a list of strings, got {v!r}")
-    return values
-
-
-def _check_non_negative(name: str, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ConfigurationError(f"{name} must be a non-negative integer or None, got {value!r}")
-
-
 class Durably:
     """One durably instance: a database, the registered jobs and a worker.
 
@@ -104,73 +89,51 @@ class Durably:
         max_concurrent_runs: int = 1,
         clock: Clock | None = None,
     ) -> None:
-        for name, value in (
-            ("polling_interval", polling_interval),
-            ("heartbeat_interval", heartbeat_interval),
-            ("stale_threshold", stale_threshold),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(
-                    f"{name} must be a positive number of seconds, got {value!r}"
-                )
-        if heartbeat_interval >= stale_threshold:
-            raise ConfigurationError(
-                f"heartbeat_interval ({heartbeat_interval} s) must be shorter than "
-                f"stale_threshold ({stale_threshold} s), or healthy runs would look stale"
-            )
-        if (
-            isinstance(max_concurrent_runs, bool)
-            or not isinstance(max_concurrent_runs, int)
-            or max_concurrent_runs < 1
-        ):
-            raise ConfigurationError(
-                f"max_concurrent_runs must be a positive integer, got {max_concurrent_runs!r}"
-            )
-        self.polling_interval = float(polling_interval)
-        self.heartbeat_interval = float(heartbeat_interval)
-        self.stale_threshold = float(stale_threshold)
-        self.max_concurrent_runs = max_concurrent_runs
+        settings = Settings.validated(
+            polling_interval=polling_interval,
+            heartbeat_interval=heartbeat_interval,
+            stale_threshold=stale_threshold,
+            max_concurrent_runs=max_concurrent_runs,
+        )
+        self.polling_interval = settings.polling_interval
+        self.heartbeat_interval = settings.heartbeat_interval
+        self.stale_threshold = settings.stale_threshold
+        self.max_concurrent_runs = settings.max_concurrent_runs
         self.dialect = dialect
         self._clock: Clock = clock or SystemClock()
         self._events = EventEmitter(self._clock)
-        self._store = Store(dialect, self._clock)
-        self._definitions: dict[str, JobDefinition[Any, Any]] = {}
+        self._runtime = Runtime(
+            store=Store(dialect, self._clock),
+            events=self._events,
+            clock=self._clock,
+            settings=settings,
+            jobs=JobRegistry(),
+        )
+        self._keeper = LeaseKeeper(self._runtime)
+        self._worker = Worker(self._runtime, self._keeper)
+        self._runs = RunOperations(self._runtime, self._keeper, self._worker.wake)
         self._handles: dict[str, JobHandle[Any, Any]] = {}
-        self._names: tuple[str, ...] = ()
         self._register_lock = threading.Lock()
         self.jobs = JobsNamespace()
-        self._worker = Worker(self)
         self._closed = False
 
     def __repr__(self) -> str:
         return f"<Durably {redact_url(getattr(self.dialect, 'url', '?'))}>"
-
-    # -- internals used by handles, the worker and plugins ------------------------------
-
-    def _job_names(self) -> tuple[str, ...]:
-        return self._names
-
-    def _job_for(self, name: str) -> JobDefinition[Any, Any]:
-        return self._definitions[name]
-
-    def _create_runs(self, new_runs: Sequence[NewRun]) -> list[Run]:
-        results = self._store.create_runs(new_runs)
-        created = False
-        for run, is_new in results:
-            if is_new:
-                created = True
-                self._events.emit(
-                    "run:trigger", run_id=run.id, job_name=run.job_name, payload=run.payload
-                )
-        if created:
-            self._worker.wake()
-        return [run for run, _ in results]
 
     def _wait_for(self, run_id: str, timeout: float | None) -> Run:
         return wait_for(self, run_id, timeout)
 
     async def _wait_for_async(self, run_id: str, timeout: float | None) -> Run:
         return await wait_for_async(self, run_id, timeout)
+
+    @property
+    def persist_logs(self) -> bool:
+        """Whether `step.log` lines are stored (`durably.use(with_log_persistence())`)."""
+        return self._runtime.persist_logs
+
+    @persist_logs.setter
+    def persist_logs(self, value: bool) -> None:
+        self._runtime.persist_logs = bool(value)
 
     # -- setup -------------------------------------------------------------------------
 
@@ -199,19 +162,19 @@ class Durably:
                         f"register(): {key!r} is {definition!r}, not a JobDefinition "
                         "(make one with define_job)"
                     )
-                handle = self._handles.get(definition.name)
-                if handle is None:
-                    handle = JobHandle(self, definition)
-                    self._handles[definition.name] = handle
-                    self._definitions[definition.name] = definition
-                elif not handle.definition.same_as(definition):
+                try:
+                    self._runtime.jobs.add(definition)
+                except ValueError:
                     raise DurablyError(
                         f"a different job is already registered under the name "
                         f"{definition.name!r}; job names must be unique per instance"
-                    )
+                    ) from None
+                handle = self._handles.get(definition.name)
+                if handle is None:
+                    handle = JobHandle(self._runs, definition, self._wait_for, self._wait_for_async)
+                    self._handles[definition.name] = handle
                 self.jobs._set(key, handle)
                 result[key] = handle
-            self._names = tuple(sorted(self._definitions))
         self._worker.wake()
         return result
 
@@ -253,7 +216,7 @@ class Durably:
     def process_one(self) -> bool:
         """Claim and execute at most one run in the calling thread; True if one ran."""
         self._check_open()
-        lease = self._worker.claim()
+        lease = self._keeper.claim()
         if lease is None:
             return False
         self._worker.execute(lease)
@@ -261,12 +224,12 @@ class Durably:
 
     def process_until_idle(self, max_runs: int | None = None) -> int:
         """Run `process_one` until nothing is claimable (or `max_runs` ran)."""
-        _check_non_negative("max_runs", max_runs)
+        check_count("max_runs", max_runs)
         count = 0
         lease = None
         while max_runs is None or count < max_runs:
             self._check_open()
-            lease = lease or self._worker.claim()
+            lease = lease or self._keeper.claim()
             if lease is None:
                 break
             count += 1
@@ -277,18 +240,14 @@ class Durably:
     async def process_one_async(self) -> bool:
         """`process_one` on the running loop: async jobs run here, sync jobs in a thread."""
         self._check_open()
-        lease = await asyncio.to_thread(self._worker.claim)
+        lease = await asyncio.to_thread(self._keeper.claim)
         if lease is None:
             return False
-        self._worker.track(lease)
-        try:
-            await RunExecution(self, lease, self._job_for(lease.job_name)).run_async()
-        finally:
-            self._worker.untrack(lease)
+        await self._worker.execute_async(lease)
         return True
 
     async def process_until_idle_async(self, max_runs: int | None = None) -> int:
-        _check_non_negative("max_runs", max_runs)
+        check_count("max_runs", max_runs)
         count = 0
         while (max_runs is None or count < max_runs) and await self.process_one_async():
             count += 1
@@ -298,24 +257,18 @@ class Durably:
 
     def retry(self, run_id: str) -> None:
         """failed/cancelled -> pending; completed steps are kept and skipped on the rerun."""
-        job_name = self._store.retry(run_id)
-        self._events.emit("run:retry", run_id=run_id, job_name=job_name)
-        self._worker.wake()
+        self._runs.retry(run_id)
 
     def cancel(self, run_id: str) -> None:
         """pending/running -> cancelled; a running run stops at its next step boundary."""
-        job_name = self._store.cancel(run_id)
-        lease = self._worker.active_lease(run_id)
-        if lease is not None:
-            lease.cancel_requested = True
-        self._events.emit("run:cancel", run_id=run_id, job_name=job_name)
+        self._runs.cancel(run_id)
 
     def delete_run(self, run_id: str) -> None:
         """Delete a terminal run with its steps and logs; frees its idempotency key."""
-        self._store.delete_run(run_id)
+        self._runs.delete(run_id)
 
     def get_run(self, run_id: str) -> Run | None:
-        return self._store.get_run(run_id)
+        return self._runs.get(run_id)
 
     def get_runs(
         self,
@@ -326,28 +279,15 @@ class Durably:
         offset: int | None = None,
     ) -> list[Run]:
         """Runs newest first (created_at, then id, descending)."""
-        statuses = _as_list(status, "status")
-        for s in statuses or ():
-            if s not in RUN_STATUSES:
-                raise ConfigurationError(
-                    f"unknown status {s!r}; expected one of {', '.join(RUN_STATUSES)}"
-                )
-        _check_non_negative("limit", limit)
-        _check_non_negative("offset", offset)
-        return self._store.get_runs(
-            job_names=_as_list(job_name, "job_name"),
-            statuses=statuses,
-            limit=limit,
-            offset=offset,
-        )
+        return self._runs.query(job_name=job_name, status=status, limit=limit, offset=offset)
 
     def get_steps(self, run_id: str) -> list[StepRecord]:
         """The persisted steps of a run, in index order."""
-        return self._store.get_steps(run_id)
+        return self._runs.steps(run_id)
 
     def get_logs(self, run_id: str) -> list[LogEntry]:
         """The persisted logs of a run (empty unless log persistence is on)."""
-        return self._store.get_logs(run_id)
+        return self._runs.logs(run_id)
 
     def subscribe(self, run_id: str) -> RunSubscription:
         """The events of one run as they happen; ends after its terminal event."""
@@ -409,7 +349,7 @@ class Durably:
         if self._closed:
             return
         self._worker.stop()
-        self._worker.close()
+        self._keeper.close()
         self._closed = True
         self.dialect.close()
 

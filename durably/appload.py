@@ -43,7 +43,8 @@ def load_jobs(spec: str) -> dict[str, JobDefinition[Any, Any]]:
 
 def _as_jobs(target: Any, spec: str, *, called: bool = False) -> dict[str, JobDefinition[Any, Any]]:
     if isinstance(target, Durably):
-        jobs = {name: target._job_for(name) for name in target._job_names()}
+        handles = [target.jobs[key] for key in target.jobs]
+        jobs = {handle.name: handle.definition for handle in handles}
     elif isinstance(target, JobDefinition):
         jobs = {target.name: target}
     elif isinstance(target, Mapping):

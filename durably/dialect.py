@@ -104,6 +104,11 @@ class Dialect(Protocol):
       workers in other processes when it commits (PostgreSQL: `NOTIFY`).
     - `listen(callback) -> stop | None`: call `callback` on such wake-ups; the worker uses
       it while started. Polling stays the fallback.
+    - `database_clock: bool`: True where the database server has a clock of its own that
+      every worker shares (PostgreSQL, MySQL, a remote libSQL server): heartbeats are then
+      stamped, and staleness judged, in SQL by that clock instead of each machine's.
+    - `is_deadlock(exc) -> bool`: whether `exc` means the transaction lost a deadlock (or a
+      serialisation conflict) and was rolled back whole; the store then runs it again.
     """
 
     url: str

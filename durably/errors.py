@@ -5,6 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
+def describe(exc: BaseException) -> str:
+    """`"ZeroDivisionError: division by zero"`: the stored form of an error."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 class DurablyError(Exception):
     """Base class of every error raised by durably."""
 

@@ -4,33 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Generic, TypeVar
 
+from ._runs import RunOperations
+from ._store import NewRun, dumps
+from ._text import check_name
 from .errors import InputValidationError, RunCancelledError, RunFailedError
 from .ids import new_ulid
+from .jobs import JobDefinition
 from .records import BatchItem, Run, RunStatus, TriggerResult
-from .store import NewRun, dumps
-
-if TYPE_CHECKING:
-    from .app import Durably
-    from .jobs import JobDefinition
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
 
 
+Wait = Callable[[str, "float | None"], Run]
+WaitAsync = Callable[[str, "float | None"], Awaitable[Run]]
+
+
 def _check_key(kind: str, value: str | None) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise TypeError(f"{kind} must be a non-empty string or None, got {value!r}")
-    return value
+    return None if value is None else check_name(kind, value)
 
 
 class JobHandle(Generic[I, O]):
     """A job registered with a Durably instance."""
 
-    def __init__(self, durably: Durably, definition: JobDefinition[I, O]) -> None:
-        self._d = durably
+    def __init__(
+        self,
+        runs: RunOperations,
+        definition: JobDefinition[I, O],
+        wait: Wait,
+        wait_async: WaitAsync,
+    ) -> None:
+        self._runs = runs
+        self._wait = wait
+        self._wait_async = wait_async
         self.definition = definition
 
     @property
@@ -64,7 +73,7 @@ class JobHandle(Generic[I, O]):
     ) -> Run:
         """Validate `input` and store a pending run; an existing idempotency key returns its run."""
         new = self._new_run(input, idempotency_key, concurrency_key)
-        return self._d._create_runs([new])[0]
+        return self._runs.create([new])[0]
 
     def batch_trigger(self, items: Iterable[I | BatchItem | Any]) -> list[Run]:
         """Validate every item, then write all runs in one transaction (all or nothing)."""
@@ -81,7 +90,7 @@ class JobHandle(Generic[I, O]):
                 raise InputValidationError(f"batch item {position}: {exc}", exc.errors) from exc
         if not new_runs:
             return []
-        return self._d._create_runs(new_runs)
+        return self._runs.create(new_runs)
 
     def _result(self, run: Run) -> TriggerResult[O]:
         if run.status == "failed":
@@ -100,7 +109,7 @@ class JobHandle(Generic[I, O]):
     ) -> TriggerResult[O]:
         """Trigger and block until the run ends; raises if it fails, is cancelled or times out."""
         run = self.trigger(input, idempotency_key=idempotency_key, concurrency_key=concurrency_key)
-        return self._result(self._d._wait_for(run.id, timeout))
+        return self._result(self._wait(run.id, timeout))
 
     # -- reading -----------------------------------------------------------------------
 
@@ -111,7 +120,7 @@ class JobHandle(Generic[I, O]):
 
     def get_run(self, run_id: str) -> Run | None:
         """This job's run, with `output` parsed into the output type; None for other jobs."""
-        run = self._d.get_run(run_id)
+        run = self._runs.get(run_id)
         if run is None or run.job_name != self.name:
             return None
         return self._typed(run)
@@ -124,7 +133,7 @@ class JobHandle(Generic[I, O]):
         offset: int | None = None,
     ) -> list[Run]:
         """This job's runs, newest first."""
-        runs = self._d.get_runs(job_name=self.name, status=status, limit=limit, offset=offset)
+        runs = self._runs.query(job_name=self.name, status=status, limit=limit, offset=offset)
         return [self._typed(r) for r in runs]
 
     # -- async twins -------------------------------------------------------------------
@@ -155,7 +164,7 @@ class JobHandle(Generic[I, O]):
         run = await self.trigger_async(
             input, idempotency_key=idempotency_key, concurrency_key=concurrency_key
         )
-        return self._result(await self._d._wait_for_async(run.id, timeout))
+        return self._result(await self._wait_async(run.id, timeout))
 
     async def get_run_async(self, run_id: str) -> Run | None:
         return await asyncio.to_thread(self.get_run, run_id)

@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar, overload
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
+from ._text import name_problem
 from .errors import DurablyError, InputValidationError
 
 I = TypeVar("I")  # noqa: E741
@@ -83,6 +84,9 @@ class JobDefinition(Generic[I, O]):
 def _build(name: str, input: Any, output: Any, fn: JobFunction) -> JobDefinition[Any, Any]:
     if not isinstance(name, str) or not name.strip():
         raise DurablyError(f"a job name must be a non-empty string, got {name!r}")
+    problem = name_problem(name)
+    if problem is not None:
+        raise DurablyError(f"job name {name!r} {problem}")
     if not callable(fn):
         raise DurablyError(f"job {name!r}: run must be callable, got {fn!r}")
     input_type = Any if input is None else input

@@ -30,6 +30,9 @@ _LOCK_NAME = "durably_migrate"
 _CHANNEL = "durably_wakeup"
 logger = logging.getLogger("durably.dialects.sqlalchemy")
 _PG_LOCK_KEY = zlib.crc32(_LOCK_NAME.encode())
+# deadlock_detected, serialization_failure
+_PG_RETRYABLE = ("40P01", "40001")
+_MYSQL_DEADLOCK = 1213
 
 
 def sqlite3_version() -> tuple[int, ...]:
@@ -84,6 +87,9 @@ class SqlAlchemyDialect:
             ) from exc
         self.backend = backend
         self.sqlalchemy_dialect = self.engine.dialect
+        # heartbeats are stamped, and staleness judged, by the server's clock: the one
+        # clock that every worker machine shares
+        self.database_clock = backend in ("postgresql", "mysql", "mariadb")
         self.skip_locked = backend in ("postgresql", "mysql", "mariadb")
         # MySQL/MariaDB have no UPDATE ... RETURNING: their claims select, then update
         self.returning = backend == "postgresql" or (
@@ -91,6 +97,19 @@ class SqlAlchemyDialect:
         )
         if backend == "sqlite":
             self._setup_sqlite()
+
+    def is_deadlock(self, exc: BaseException) -> bool:
+        """Whether `exc` says the transaction lost a deadlock (or a serialisation
+        conflict) and was rolled back whole, so running it again is safe."""
+        orig = getattr(exc, "orig", None)
+        if orig is None:
+            return False
+        if self.backend == "postgresql":
+            return getattr(orig, "sqlstate", None) in _PG_RETRYABLE
+        if self.backend in ("mysql", "mariadb"):
+            args = getattr(orig, "args", ())
+            return bool(args) and args[0] == _MYSQL_DEADLOCK
+        return False
 
     def _setup_sqlite(self) -> None:
         @sa.event.listens_for(self.engine, "connect")

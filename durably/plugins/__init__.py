@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from ..execution import log_entry_from_event
-
-if TYPE_CHECKING:
-    from ..app import Durably
+from typing import Any
 
 __all__ = ["LogPersistence", "with_log_persistence"]
 
 
 class LogPersistence:
-    """Persists every `log:write` event to the logs table."""
+    """Stores every `step.log` line in the logs table (readable with `get_logs`).
 
-    def install(self, durably: Durably) -> None:
-        store = durably._store
+    The run's execution writes them itself, fenced by its lease like its steps, so a
+    worker that lost its run stores nothing, and lines logged while a resumed run
+    replays its completed steps are not stored twice.
+    """
 
-        def persist(event: Any) -> None:
-            store.insert_logs([log_entry_from_event(event)])
-
-        durably.on("log:write", persist)
+    def install(self, durably: Any) -> None:
+        durably.persist_logs = True
 
 
 def with_log_persistence() -> LogPersistence:

@@ -217,7 +217,7 @@ class _Api:
 
     def _step_count(self, run: Run) -> int:
         # the public API has no step count; the store's is one cheap COUNT(*)
-        return self.durably._store.count_steps(run.id)
+        return self.durably._runs.count_steps(run.id)
 
     async def runs(self, request: Request) -> ASGIApp:
         params = request.query_params

@@ -109,6 +109,8 @@ class LibsqlDialect:
             self.target.remote or self.driver == "libsql" or sqlite3.sqlite_version_info >= (3, 35)
         )
         self.sqlalchemy_dialect = sa_sqlite.dialect()
+        # a server's clock stamps heartbeats, so workers on several machines agree
+        self.database_clock = self.target.remote
         self._transport = _transport_class(url, self.driver)(self.target)
         self._lock = _lock_for(self.target.lock_key())
 

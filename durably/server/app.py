@@ -30,7 +30,7 @@ from durably import (
     RunNotFoundError,
     RunStatus,
 )
-from durably.subscribe import final_event
+from durably._follow import final_event
 
 from . import dashboard
 from .sse import EventFeed, EventStream, frame
@@ -312,7 +312,7 @@ class _Api:
         # of one synthesised from the database
         told: str = run.status
         if run.is_terminal:
-            yield frame(event_json(final_event(d, run)))
+            yield frame(event_json(final_event(d._events.make, run)))
             if run.status == "completed":
                 return
         while True:
@@ -333,7 +333,7 @@ class _Api:
                     continue
                 if current.status == told:
                     continue
-                event = final_event(d, current)
+                event = final_event(d._events.make, current)
             status = _STATUS_AFTER.get(event.type)
             if status is not None:
                 if status in _TERMINAL and status == told:

@@ -11,7 +11,7 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn, cast
 
 from starlette.applications import Starlette
@@ -30,10 +30,11 @@ from durably import (
     RunNotFoundError,
     RunStatus,
 )
-from durably.subscribe import final_event
+from durably._follow import AsyncFollow, follow
+from durably.subscribe import source
 
 from . import dashboard
-from .sse import EventFeed, EventStream, frame
+from .sse import EventStream, frames
 from .wire import (
     RUN_SUMMARY_TYPES,
     STEP_SUMMARY_TYPES,
@@ -53,15 +54,6 @@ Authorize = Callable[[Request], "bool | Awaitable[bool]"]
 Handler = Callable[[Request], Awaitable[ASGIApp]]
 
 _RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-_TERMINAL = frozenset({"completed", "failed", "cancelled"})
-# the run status each event leaves behind, to tell a duplicate final event from a new one
-_STATUS_AFTER = {
-    "run:start": "running",
-    "run:retry": "pending",
-    "run:complete": "completed",
-    "run:fail": "failed",
-    "run:cancel": "cancelled",
-}
 _SUMMARY_TYPES = RUN_SUMMARY_TYPES | STEP_SUMMARY_TYPES | {"log:write"}
 # limits that every backend can bind (SQLite integers are 64-bit)
 _MAX_INT = 2**63 - 1
@@ -279,69 +271,26 @@ class _Api:
     # -- streams -----------------------------------------------------------------------
 
     async def subscribe(self, request: Request) -> ASGIApp:
+        """One run's events but run:trigger and worker:error; ends after run:complete or once
+        the run is deleted. After run:fail/run:cancel it stays open: a retry may follow, and
+        the original's client reports a server-closed stream as a connection error.
+        """
         run_id = _required(request, "runId")
 
-        def accept(event: BaseEvent) -> bool:
-            return (
-                event.type != "run:trigger"
-                and event.type != "worker:error"
-                and getattr(event, "run_id", None) == run_id
+        def log_poll_error(exc: Exception) -> None:
+            logger.warning("polling run %s for /subscribe failed", run_id, exc_info=exc)
+
+        feed = AsyncFollow(
+            follow(
+                source(self.durably),
+                run_id,
+                accept=lambda event: event.type not in ("run:trigger", "worker:error"),
+                ends=frozenset({"run:complete"}),
+                on_read_error=log_poll_error,
             )
-
-        # listen before reading the run, so nothing between the two is lost
-        feed = EventFeed(self.durably, accept)
-        try:
-            run = await self.durably.get_run_async(run_id)
-        except BaseException:
-            feed.close()
-            raise
-        if run is None:
-            feed.close()
-            raise RunNotFoundError(run_id)
-        return EventStream(self._run_frames(feed, run), feed.close)
-
-    async def _run_frames(self, feed: EventFeed, run: Run) -> AsyncIterator[bytes]:
-        """One run's events. Ends after run:complete or once the run is deleted.
-
-        After run:fail/run:cancel it stays open: a retry may follow, and the original's
-        client reports a server-closed stream as a connection error. Events only come
-        from this process, so the run is also polled to notice an end reached elsewhere.
-        """
-        d = self.durably
-        # the status the client last heard of; an event that repeats it is a duplicate
-        # of one synthesised from the database
-        told: str = run.status
-        if run.is_terminal:
-            yield frame(event_json(final_event(d, run)))
-            if run.status == "completed":
-                return
-        while True:
-            event = await feed.get(d.polling_interval)
-            if event is None:
-                try:
-                    current = await d.get_run_async(run.id)
-                except Exception:
-                    logger.warning("polling run %s for /subscribe failed", run.id, exc_info=True)
-                    continue
-                if current is None:
-                    return  # deleted
-                if feed.pending():
-                    continue
-                if not current.is_terminal:
-                    if told in _TERMINAL:  # retried elsewhere: its next end is news
-                        told = current.status
-                    continue
-                if current.status == told:
-                    continue
-                event = final_event(d, current)
-            status = _STATUS_AFTER.get(event.type)
-            if status is not None:
-                if status in _TERMINAL and status == told:
-                    continue
-                told = status
-            yield frame(event_json(event))
-            if event.type == "run:complete":
-                return
+        )
+        await feed.settle(block=False)  # an unknown run raises RunNotFoundError: a 404
+        return EventStream(frames(feed, event_json), feed.close)
 
     async def runs_subscribe(self, request: Request) -> ASGIApp:
         job_name = request.query_params.get("jobName") or None
@@ -354,15 +303,8 @@ class _Api:
             # log:write has no job name: with a filter it cannot be matched, so it is left out
             return event.type != "log:write" and getattr(event, "job_name", None) == job_name
 
-        feed = EventFeed(self.durably, accept)
-        return EventStream(self._summary_frames(feed), feed.close)
-
-    async def _summary_frames(self, feed: EventFeed) -> AsyncIterator[bytes]:
-        while True:
-            event = await feed.get()
-            data = summary_json(event) if event is not None else None
-            if data is not None:
-                yield frame(data)
+        feed = AsyncFollow(follow(source(self.durably), None, accept=accept))
+        return EventStream(frames(feed, summary_json), feed.close)
 
 
 class _Endpoint:

@@ -6,7 +6,6 @@ lines and no comments, so a client may split the body on blank lines.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import anyio
 from starlette.types import Message, Receive, Scope, Send
 
-from durably import BaseEvent, Durably
+from durably import BaseEvent
 
 from .wire import dumps
 
@@ -29,57 +28,19 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 
 
-def frame(data: Any) -> bytes:
-    """One SSE frame; data that cannot be JSON at all (a cycle) gives no bytes."""
-    try:
-        text = dumps(data)
-    except ValueError:
-        # one unencodable log line must not end the stream of a healthy run
-        logger.warning("dropping an event that cannot be encoded as JSON", exc_info=True)
-        return b""
-    return b"data: " + text.encode("utf-8") + b"\n\n"
-
-
-class EventFeed:
-    """Every event of one Durably instance that `accept` takes, queued on this event loop.
-
-    Listeners are called in the thread that emits (a worker thread, mostly), so the
-    event is handed to the loop with `call_soon_threadsafe`. `accept` runs in that
-    thread too: keep it a cheap, pure check.
+async def frames(
+    events: AsyncIterator[BaseEvent], to_json: Callable[[BaseEvent], Any]
+) -> AsyncIterator[bytes]:
+    """One SSE frame per event. One that cannot be sent (a cycle, a lone surrogate) is
+    dropped with a warning: it must not end the stream of a healthy run, nor all of them.
     """
-
-    def __init__(self, durably: Durably, accept: Callable[[BaseEvent], bool]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[BaseEvent] = asyncio.Queue()
-        self._accept = accept
-        self._unsubscribe: Callable[[], None] | None = durably.on("*", self._on_event)
-
-    def _on_event(self, event: BaseEvent) -> None:
-        if self._unsubscribe is None or not self._accept(event):
-            return
+    async for event in events:
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:  # the loop is closed: the server is gone
-            pass
-
-    async def get(self, timeout: float | None = None) -> BaseEvent | None:
-        """The next event, or None once `timeout` seconds passed without one."""
-        if timeout is None:
-            return await self._queue.get()
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
-
-    def pending(self) -> bool:
-        """Whether events are queued (used to avoid synthesising one that is on its way)."""
-        return not self._queue.empty()
-
-    def close(self) -> None:
-        """Remove the listener; idempotent."""
-        unsubscribe, self._unsubscribe = self._unsubscribe, None
-        if unsubscribe is not None:
-            unsubscribe()
+            data = dumps(to_json(event)).encode("utf-8")
+        except Exception:
+            logger.warning("dropping a %s event that cannot be sent", event.type, exc_info=True)
+            continue
+        yield b"data: " + data + b"\n\n"
 
 
 class EventStream:

@@ -404,3 +404,31 @@ def test_an_event_that_cannot_be_encoded_is_dropped_and_the_stream_goes_on(
     logs = [e for e in events if e["type"] == "log:write"]
     assert [e["message"] for e in logs] == ["fine"]
     assert events[-1]["type"] == "run:complete" and events[-1]["output"] == "done"
+
+
+def test_an_event_whose_text_cannot_be_utf8_is_dropped_and_every_stream_goes_on(
+    client: httpx.Client, d: Durably
+) -> None:
+    @define_job(name="surrogate-log")
+    def surrogate_log(step: StepContext, payload: Any) -> str:
+        step.log.info("lone \ud800 surrogate")
+        step.log.info("fine")
+        return "done"
+
+    d.register({"surrogate-log": surrogate_log})
+    run_id = trigger(client, "surrogate-log")
+    with (
+        open_sse(client, "/subscribe", runId=run_id) as stream,
+        open_sse(client, "/runs/subscribe") as runs_a,
+        open_sse(client, "/runs/subscribe") as runs_b,
+    ):
+        d.start()
+        events = stream.rest()
+        summaries = [runs.until("run:complete") for runs in (runs_a, runs_b)]
+        # still open: a later run shows up on both
+        again = trigger(client, "add", {"a": 1, "b": 1})
+        for runs in (runs_a, runs_b):
+            assert runs.until("run:complete")[-1]["runId"] == again
+    for received in (events, *summaries):
+        assert [e["message"] for e in received if e["type"] == "log:write"] == ["fine"]
+        assert received[-1]["type"] == "run:complete"

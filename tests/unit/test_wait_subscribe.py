@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _api_helpers import Gate, in_background, wait_for_status
+from _api_helpers import Gate, in_background, wait_for_status, wait_until
 from pydantic import BaseModel
 
 from durably import (
@@ -292,6 +293,83 @@ def test_breaking_out_of_a_subscription_and_closing_it_removes_its_listeners(
     assert not _listening(durably)
 
 
+def test_breaking_out_of_a_subscription_releases_its_listener_without_close(
+    durably: Durably,
+) -> None:
+    handle = durably.register({"job": doubler_job})["job"]
+    run = handle.trigger({"n": 1})
+    before = durably._events.listener_count()
+
+    def process_once_listened() -> bool:
+        wait_until(lambda: durably._events.listener_count() > before)
+        return durably.process_one()
+
+    thread, outcome = in_background(process_once_listened)
+    for event in durably.subscribe(run.id):
+        assert event.type == "run:start"
+        break
+    thread.join(20)
+    assert outcome == {"result": True}
+    gc.collect()
+    assert durably._events.listener_count() == before
+
+
+def test_dropping_a_started_subscription_releases_its_listener(durably: Durably) -> None:
+    handle = durably.register({"job": doubler_job})["job"]
+    run = handle.trigger({"n": 1})
+    before = durably._events.listener_count()
+    subscription = durably.subscribe(run.id)
+    assert durably.process_one()
+    assert next(subscription).type == "run:start"
+    del subscription
+    gc.collect()
+    assert durably._events.listener_count() == before
+
+
+def test_subscribe_and_wait_notice_an_end_reached_by_another_process(
+    make_durably: Callable[..., Durably],
+) -> None:
+    here, elsewhere = make_durably(), make_durably()  # one database, separate events
+    handle = here.register({"job": doubler_job})["job"]
+    elsewhere.register({"job": doubler_job})
+    run = handle.trigger({"n": 3}, idempotency_key="k")
+    before = here._events.listener_count()
+    subscription = here.subscribe(run.id)
+    thread, outcome = in_background(
+        lambda: handle.trigger_and_wait({"n": 3}, idempotency_key="k", timeout=20)
+    )
+    assert elsewhere.process_one()
+    [event] = list(subscription)
+    assert (event.type, event.output) == ("run:complete", {"doubled": 6})
+    thread.join(20)
+    assert outcome["result"].output == Out(doubled=6)
+
+    async def follow_async(run_id: str) -> list[Any]:
+        subscription = here.subscribe_async(run_id)
+        assert await asyncio.to_thread(elsewhere.process_one)
+        return [event async for event in subscription]
+
+    failing = here.register({"bad": breaker_job})["bad"].trigger({"n": 1})
+    elsewhere.register({"bad": breaker_job})
+    [event] = asyncio.run(follow_async(failing.id))
+    assert (event.type, event.failed_step_name) == ("run:fail", "break")
+    assert here._events.listener_count() == before
+
+
+def test_a_wait_that_times_out_releases_its_listeners(durably: Durably) -> None:
+    handle = durably.register({"job": doubler_job})["job"]
+    before = durably._events.listener_count()
+    with pytest.raises(WaitTimeoutError):
+        handle.trigger_and_wait({"n": 1}, timeout=0.1)
+
+    async def main() -> None:
+        with pytest.raises(WaitTimeoutError):
+            await handle.trigger_and_wait_async({"n": 1}, timeout=0.1)
+
+    asyncio.run(main())
+    assert durably._events.listener_count() == before
+
+
 # -- subscribe_async -------------------------------------------------------------------
 
 
@@ -353,5 +431,28 @@ def test_closing_subscribe_async_early_removes_its_listeners(
         assert _listening(d)
         await subscription.aclose()  # type: ignore[attr-defined]
         assert not _listening(d)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("release", ["aclose", "drop"])
+def test_a_started_async_subscription_releases_its_listener(durably: Durably, release: str) -> None:
+    handle = durably.register({"job": doubler_job})["job"]
+    run = handle.trigger({"n": 1})
+    before = durably._events.listener_count()
+
+    async def main() -> None:
+        # the listener is registered on the call, before this task can run
+        processing = asyncio.ensure_future(durably.process_one_async())
+        subscription = durably.subscribe_async(run.id)
+        async for event in subscription:
+            assert event.type == "run:start"
+            break
+        assert await processing
+        if release == "aclose":
+            await subscription.aclose()  # type: ignore[attr-defined]
+        del subscription
+        gc.collect()
+        assert durably._events.listener_count() == before
 
     asyncio.run(main())

@@ -5,7 +5,7 @@ killed by a crash, a deploy or Ctrl-C resumes from its last completed step.
 """
 
 from ._step import AsyncStepContext, StepContext
-from .app import Durably, JobsNamespace, create_durably
+from .app import Durably, create_durably
 from .clock import Clock, SystemClock
 from .dialect import (
     Connection,
@@ -52,7 +52,7 @@ from .events import (
     StepStartEvent,
     WorkerErrorEvent,
 )
-from .handle import JobHandle
+from .handle import JobHandle, JobsNamespace
 from .jobs import JobDefinition, define_job
 from .records import BatchItem, LogEntry, Run, RunStatus, StepRecord, TriggerResult
 

@@ -287,3 +287,20 @@ class AsyncFollow(_Driver, AsyncIterator[BaseEvent]):
     async def aclose(self) -> None:
         """`close`, for `contextlib.aclosing` and the async iterator protocol."""
         self.close()
+
+
+def wait(source: Source, run_id: str, timeout: float | None) -> Run:
+    """Block until the run is terminal; WaitTimeoutError after `timeout` seconds."""
+    with Follow(follow(source, run_id, quiet=True, timeout=timeout)) as waiting:
+        next(waiting, None)  # quiet: it yields nothing and ends with the terminal run
+    assert waiting.result is not None
+    return waiting.result
+
+
+async def wait_async(source: Source, run_id: str, timeout: float | None) -> Run:
+    """`wait` without blocking the event loop."""
+    core = follow(source, run_id, quiet=True, timeout=timeout)
+    async with contextlib.aclosing(AsyncFollow(core)) as waiting:
+        await anext(waiting, None)
+    assert waiting.result is not None
+    return waiting.result

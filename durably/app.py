@@ -5,71 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from ._follow import AsyncFollow, Follow, Source, follow, wait, wait_async
 from ._lease import LeaseKeeper
 from ._runs import RunOperations, check_count
 from ._runtime import JobRegistry, Runtime, Settings
 from ._store import Store
+from ._text import check_name
 from ._worker import Worker
 from .clock import Clock, SystemClock
 from .dialect import Dialect, as_dialect, redact_url
 from .errors import DurablyError, MigrationError
-from .events import BaseEvent, ErrorHandler, EventEmitter, Listener
-from .handle import JobHandle
+from .events import ErrorHandler, EventEmitter, Listener
+from .handle import JobHandle, JobsNamespace
 from .jobs import JobDefinition
 from .migrate import AlembicMigrator
 from .records import LogEntry, Run, RunStatus, StepRecord
-from .subscribe import AsyncRunSubscription, RunSubscription, wait_for, wait_for_async
 
 logger = logging.getLogger("durably")
-
-
-class JobsNamespace:
-    """The handles registered so far: `durably.jobs.sync_users`, `durably.jobs["sync_users"]`."""
-
-    _handles: dict[str, JobHandle[Any, Any]]
-
-    def __init__(self) -> None:
-        object.__setattr__(self, "_handles", {})
-
-    def _set(self, key: str, handle: JobHandle[Any, Any]) -> None:
-        self._handles[key] = handle
-
-    def __getattr__(self, key: str) -> JobHandle[Any, Any]:
-        handles: dict[str, JobHandle[Any, Any]] = object.__getattribute__(self, "_handles")
-        try:
-            return handles[key]
-        except KeyError:
-            known = ", ".join(sorted(handles)) or "none"
-            raise AttributeError(f"no job registered under {key!r} (registered: {known})") from None
-
-    def __getitem__(self, key: str) -> JobHandle[Any, Any]:
-        try:
-            return self._handles[key]
-        except KeyError:
-            known = ", ".join(sorted(self._handles)) or "none"
-            raise KeyError(f"no job registered under {key!r} (registered: {known})") from None
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        raise AttributeError("register jobs with durably.register({...})")
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._handles
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(dict(self._handles))
-
-    def __len__(self) -> int:
-        return len(self._handles)
-
-    def __dir__(self) -> list[str]:
-        return sorted(self._handles)
-
-    def __repr__(self) -> str:
-        return f"JobsNamespace({sorted(self._handles)})"
 
 
 class Durably:
@@ -112,6 +68,13 @@ class Durably:
         self._keeper = LeaseKeeper(self._runtime)
         self._worker = Worker(self._runtime, self._keeper)
         self._runs = RunOperations(self._runtime, self._keeper, self._worker.wake)
+        self._source = Source(
+            on=self._events.on,
+            make=self._events.make,
+            read_run=self._runs.get,
+            poll=settings.polling_interval,
+            clock=self._clock,
+        )
         self._handles: dict[str, JobHandle[Any, Any]] = {}
         self._register_lock = threading.Lock()
         self.jobs = JobsNamespace()
@@ -121,10 +84,10 @@ class Durably:
         return f"<Durably {redact_url(getattr(self.dialect, 'url', '?'))}>"
 
     def _wait_for(self, run_id: str, timeout: float | None) -> Run:
-        return wait_for(self, run_id, timeout)
+        return wait(self._source, run_id, timeout)
 
     async def _wait_for_async(self, run_id: str, timeout: float | None) -> Run:
-        return await wait_for_async(self, run_id, timeout)
+        return await wait_async(self._source, run_id, timeout)
 
     @property
     def persist_logs(self) -> bool:
@@ -285,17 +248,24 @@ class Durably:
         """The persisted steps of a run, in index order."""
         return self._runs.steps(run_id)
 
+    def count_steps(self, run_id: str) -> int:
+        """How many steps of a run are persisted (the HTTP API's `stepCount`)."""
+        return self._runs.count_steps(run_id)
+
     def get_logs(self, run_id: str) -> list[LogEntry]:
         """The persisted logs of a run (empty unless log persistence is on)."""
         return self._runs.logs(run_id)
 
-    def subscribe(self, run_id: str) -> RunSubscription:
-        """The events of one run as they happen; ends after its terminal event."""
-        return RunSubscription(self, run_id)
+    def subscribe(self, run_id: str) -> Follow:
+        """The events of one run as they happen; ends after its terminal event.
 
-    def subscribe_async(self, run_id: str) -> AsyncIterator[BaseEvent]:
+        Closing the iterator (or dropping it) removes its listener.
+        """
+        return Follow(follow(self._source, check_name("run id", run_id)))
+
+    def subscribe_async(self, run_id: str) -> AsyncFollow:
         """The async iterator form of `subscribe` (call it inside a running loop)."""
-        return AsyncRunSubscription(self, run_id)
+        return AsyncFollow(follow(self._source, check_name("run id", run_id)))
 
     # -- async twins -------------------------------------------------------------------
 
@@ -331,6 +301,9 @@ class Durably:
 
     async def get_steps_async(self, run_id: str) -> list[StepRecord]:
         return await asyncio.to_thread(self.get_steps, run_id)
+
+    async def count_steps_async(self, run_id: str) -> int:
+        return await asyncio.to_thread(self.count_steps, run_id)
 
     async def get_logs_async(self, run_id: str) -> list[LogEntry]:
         return await asyncio.to_thread(self.get_logs, run_id)
@@ -394,3 +367,8 @@ def create_durably(
         max_concurrent_runs=max_concurrent_runs,
         clock=clock,
     )
+
+
+def follow_source(durably: Durably) -> Source:
+    """What following the runs of `durably` needs (for the HTTP feeds of `durably.server`)."""
+    return durably._source

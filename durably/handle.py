@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 from ._runs import RunOperations
@@ -177,3 +177,48 @@ class JobHandle(Generic[I, O]):
         offset: int | None = None,
     ) -> list[Run]:
         return await asyncio.to_thread(self.get_runs, status=status, limit=limit, offset=offset)
+
+
+class JobsNamespace:
+    """The handles registered so far: `durably.jobs.sync_users`, `durably.jobs["sync_users"]`."""
+
+    _handles: dict[str, JobHandle[Any, Any]]
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_handles", {})
+
+    def _set(self, key: str, handle: JobHandle[Any, Any]) -> None:
+        self._handles[key] = handle
+
+    def __getattr__(self, key: str) -> JobHandle[Any, Any]:
+        handles: dict[str, JobHandle[Any, Any]] = object.__getattribute__(self, "_handles")
+        try:
+            return handles[key]
+        except KeyError:
+            known = ", ".join(sorted(handles)) or "none"
+            raise AttributeError(f"no job registered under {key!r} (registered: {known})") from None
+
+    def __getitem__(self, key: str) -> JobHandle[Any, Any]:
+        try:
+            return self._handles[key]
+        except KeyError:
+            known = ", ".join(sorted(self._handles)) or "none"
+            raise KeyError(f"no job registered under {key!r} (registered: {known})") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("register jobs with durably.register({...})")
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._handles
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict(self._handles))
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def __dir__(self) -> list[str]:
+        return sorted(self._handles)
+
+    def __repr__(self) -> str:
+        return f"JobsNamespace({sorted(self._handles)})"

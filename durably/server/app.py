@@ -31,9 +31,9 @@ from durably import (
     RunStatus,
 )
 from durably._follow import AsyncFollow, follow
-from durably.subscribe import source
+from durably.app import follow_source
 
-from . import dashboard
+from .dashboard import ASSET_PREFIX, asset, jobs_json, page
 from .sse import EventStream, frames
 from .wire import (
     RUN_SUMMARY_TYPES,
@@ -209,7 +209,7 @@ class _Api:
 
     def _step_count(self, run: Run) -> int:
         # the public API has no step count; the store's is one cheap COUNT(*)
-        return self.durably._runs.count_steps(run.id)
+        return self.durably.count_steps(run.id)
 
     async def runs(self, request: Request) -> ASGIApp:
         params = request.query_params
@@ -243,7 +243,7 @@ class _Api:
         return JSONResponse([log_json(entry) for entry in logs])
 
     async def jobs(self, request: Request) -> ASGIApp:
-        return JSONResponse(dashboard.jobs_json(self.durably))
+        return JSONResponse(jobs_json(self.durably))
 
     async def retry(self, request: Request) -> ASGIApp:
         await self.durably.retry_async(_required(request, "runId"))
@@ -260,10 +260,10 @@ class _Api:
     # -- dashboard ---------------------------------------------------------------------
 
     async def dashboard_page(self, request: Request) -> ASGIApp:
-        return dashboard.page()
+        return page()
 
     async def dashboard_asset(self, request: Request) -> ASGIApp:
-        response = dashboard.asset(request.path_params["name"])
+        response = asset(request.path_params["name"])
         if response is None:
             raise HTTPError(404, f"not found: {request.method} {request.url.path}")
         return response
@@ -282,7 +282,7 @@ class _Api:
 
         feed = AsyncFollow(
             follow(
-                source(self.durably),
+                follow_source(self.durably),
                 run_id,
                 accept=lambda event: event.type not in ("run:trigger", "worker:error"),
                 ends=frozenset({"run:complete"}),
@@ -303,7 +303,7 @@ class _Api:
             # log:write has no job name: with a filter it cannot be matched, so it is left out
             return event.type != "log:write" and getattr(event, "job_name", None) == job_name
 
-        feed = AsyncFollow(follow(source(self.durably), None, accept=accept))
+        feed = AsyncFollow(follow(follow_source(self.durably), None, accept=accept))
         return EventStream(frames(feed, summary_json), feed.close)
 
 
@@ -341,7 +341,7 @@ def create_app(durably: Durably, authorize: Authorize | None = None) -> Starlett
         "/logs": {"GET": api.logs},
         "/jobs": {"GET": api.jobs},
         "/": {"GET": api.dashboard_page},
-        dashboard.ASSET_PREFIX + "/{name}": {"GET": api.dashboard_asset},
+        ASSET_PREFIX + "/{name}": {"GET": api.dashboard_asset},
     }
     app = Starlette(
         routes=[

@@ -59,8 +59,16 @@ def prepare_server(name: str) -> None:
         unusable(problem)
 
 
-def _execute_all(url: str, statements: list[str]) -> None:
-    engine = sa.create_engine(url)
+def sqlalchemy_url(url: str) -> str:
+    """`url` as SQLAlchemy opens it: a `libsql+file:` database is a SQLite file."""
+    if url.startswith("libsql+file:"):
+        return "sqlite:///" + url.removeprefix("libsql+file:").split("?", 1)[0]
+    return url
+
+
+def execute_all(url: str, statements: list[str]) -> None:
+    """Run `statements` in one transaction through SQLAlchemy (libSQL files as SQLite)."""
+    engine = sa.create_engine(sqlalchemy_url(url))
     try:
         with engine.begin() as conn:
             for statement in statements:
@@ -71,9 +79,9 @@ def _execute_all(url: str, statements: list[str]) -> None:
 
 def empty_tables(url: str) -> None:
     """Delete every row of durably's tables (the schema stays)."""
-    _execute_all(url, [f"DELETE FROM {table}" for table in DURABLY_TABLES])
+    execute_all(url, [f"DELETE FROM {table}" for table in DURABLY_TABLES])
 
 
 def drop_schema(url: str) -> None:
     """Drop durably's tables and its alembic version table: a database never migrated."""
-    _execute_all(url, [f"DROP TABLE IF EXISTS {t}" for t in (*DURABLY_TABLES, VERSION_TABLE)])
+    execute_all(url, [f"DROP TABLE IF EXISTS {t}" for t in (*DURABLY_TABLES, VERSION_TABLE)])

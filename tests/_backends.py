@@ -7,6 +7,7 @@ than a clean database, such as the crash tests that drop durably's schema.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -32,6 +33,11 @@ def selected_backends() -> list[str]:
     if unknown:
         raise pytest.UsageError(f"unknown DURABLY_TEST_BACKENDS {sorted(unknown)}")
     return names
+
+
+def file_url(backend: str, path: Path) -> str:
+    """The URL of the SQLite file `path` through the `sqlite` or the `libsql` backend."""
+    return f"sqlite:///{path}" if backend == "sqlite" else f"libsql+file:{path}"
 
 
 def unusable(problem: str) -> None:

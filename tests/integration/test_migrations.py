@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _backends import SERVER_URLS, drop_schema, execute_all, sqlalchemy_url
+from _backends import (
+    SERVER_URLS,
+    drop_schema,
+    execute_all,
+    file_url,
+    prepare_server,
+    sqlalchemy_url,
+)
 from alembic import command
 
 from durably import DurablyError, MigrationError, create_durably
@@ -331,25 +338,34 @@ def migrate(url: str) -> None:
 
 
 _head_schemas: dict[str, dict[str, Any]] = {}
+_servers_left_bare: set[str] = set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _servers_migrated_after_this_module() -> Iterator[None]:
+    """Leave the servers' databases migrated, as the rest of the session expects them."""
+    yield
+    for backend in _servers_left_bare:
+        drop_schema(SERVER_URLS[backend])
+        migrate(SERVER_URLS[backend])
 
 
 @pytest.fixture
-def bare_url(backend: str, backend_url: str) -> Iterator[str]:
-    """This test's database without durably's schema; a server's is migrated again after."""
-    drop_schema(backend_url)
-    yield backend_url
-    if backend in SERVER_URLS:
-        drop_schema(backend_url)
-        migrate(backend_url)
+def bare_url(backend: str, tmp_path: Path) -> str:
+    """This test's database without durably's schema: a fresh file, or a server's emptied."""
+    if backend not in SERVER_URLS:
+        return file_url(backend, tmp_path / "durably.db")
+    prepare_server(backend)
+    _servers_left_bare.add(backend)
+    drop_schema(SERVER_URLS[backend])
+    return SERVER_URLS[backend]
 
 
 @pytest.fixture
 def head_schema(backend: str, bare_url: str, tmp_path: Path) -> dict[str, Any]:
     """What a fresh migrate() makes on this backend (leaves `bare_url` bare)."""
     if backend not in _head_schemas:
-        url = bare_url
-        if backend not in SERVER_URLS:
-            url = ("sqlite:///" if backend == "sqlite" else "libsql+file:") + str(tmp_path / "head.db")
+        url = bare_url if backend in SERVER_URLS else file_url(backend, tmp_path / "head.db")
         migrate(url)
         _head_schemas[backend] = schema_of(url)
         drop_schema(url)
@@ -361,8 +377,6 @@ def test_migrate_finishes_a_first_migration_killed_after_any_of_its_statements(
     backend: str, bare_url: str, head_schema: dict[str, Any], statements_run: int
 ) -> None:
     execute_all(bare_url, initial_script(backend)[:statements_run])
-    migrate(bare_url)
-    assert schema_of(bare_url) == head_schema
     migrate(bare_url)
     assert schema_of(bare_url) == head_schema
 

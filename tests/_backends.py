@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from durably import create_durably
 from durably.migrate import VERSION_TABLE
+from durably.schema import TABLE_NAMES
 
 SERVER_URLS = {
     "postgres": os.environ.get(
@@ -91,3 +93,37 @@ def empty_tables(url: str) -> None:
 def drop_schema(url: str) -> None:
     """Drop durably's tables and its alembic version table: a database never migrated."""
     execute_all(url, [f"DROP TABLE IF EXISTS {t}" for t in (*DURABLY_TABLES, VERSION_TABLE)])
+
+
+def schema_of(url: str) -> dict[str, Any]:
+    """durably's tables (columns, keys, indexes) and version rows, as the inspector sees them."""
+    engine = sa.create_engine(sqlalchemy_url(url))
+    try:
+        inspector = sa.inspect(engine)
+        schema: dict[str, Any] = {}
+        for table in sorted(TABLE_NAMES | {VERSION_TABLE}):
+            if not inspector.has_table(table):
+                continue
+            schema[table] = {
+                "columns": [
+                    (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                    for c in inspector.get_columns(table)
+                ],
+                "primary key": inspector.get_pk_constraint(table)["constrained_columns"],
+                "indexes": sorted(
+                    (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                    for i in inspector.get_indexes(table)
+                ),
+                "unique": sorted(
+                    (u["name"], tuple(u["column_names"]))
+                    for u in inspector.get_unique_constraints(table)
+                ),
+            }
+        if VERSION_TABLE in schema:
+            with engine.connect() as conn:
+                schema["version rows"] = conn.exec_driver_sql(
+                    f"SELECT version_num FROM {VERSION_TABLE}"
+                ).all()
+        return schema
+    finally:
+        engine.dispose()

@@ -24,6 +24,7 @@ from _backends import (
     execute_all,
     file_url,
     prepare_server,
+    schema_of,
     sqlalchemy_url,
 )
 from alembic import command
@@ -287,40 +288,6 @@ HAND_MADE: dict[str, Callable[[list[str]], list[str]]] = {
     "all-tables-and-indexes-no-version-table": lambda s: s[1:],
     "runs-of-another-shape": lambda s: ["CREATE TABLE durably_runs (id VARCHAR(26) PRIMARY KEY)"],
 }
-
-
-def schema_of(url: str) -> dict[str, Any]:
-    """durably's tables (columns, keys, indexes) and version rows, as the inspector sees them."""
-    engine = sa.create_engine(sqlalchemy_url(url))
-    try:
-        inspector = sa.inspect(engine)
-        schema: dict[str, Any] = {}
-        for table in sorted(TABLE_NAMES | {VERSION_TABLE}):
-            if not inspector.has_table(table):
-                continue
-            schema[table] = {
-                "columns": [
-                    (c["name"], str(c["type"]), c["nullable"], c.get("default"))
-                    for c in inspector.get_columns(table)
-                ],
-                "primary key": inspector.get_pk_constraint(table)["constrained_columns"],
-                "indexes": sorted(
-                    (i["name"], tuple(i["column_names"]), bool(i["unique"]))
-                    for i in inspector.get_indexes(table)
-                ),
-                "unique": sorted(
-                    (u["name"], tuple(u["column_names"]))
-                    for u in inspector.get_unique_constraints(table)
-                ),
-            }
-        if VERSION_TABLE in schema:
-            with engine.connect() as conn:
-                schema["version rows"] = conn.exec_driver_sql(
-                    f"SELECT version_num FROM {VERSION_TABLE}"
-                ).all()
-        return schema
-    finally:
-        engine.dispose()
 
 
 def run_ids(url: str) -> list[str]:

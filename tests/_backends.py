@@ -7,12 +7,15 @@ than a clean database, such as the crash tests that drop durably's schema.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from durably import create_durably
 from durably.migrate import VERSION_TABLE
+from durably.schema import TABLE_NAMES
 
 SERVER_URLS = {
     "postgres": os.environ.get(
@@ -32,6 +35,11 @@ def selected_backends() -> list[str]:
     if unknown:
         raise pytest.UsageError(f"unknown DURABLY_TEST_BACKENDS {sorted(unknown)}")
     return names
+
+
+def file_url(backend: str, path: Path) -> str:
+    """The URL of the SQLite file `path` through the `sqlite` or the `libsql` backend."""
+    return f"sqlite:///{path}" if backend == "sqlite" else f"libsql+file:{path}"
 
 
 def unusable(problem: str) -> None:
@@ -59,8 +67,16 @@ def prepare_server(name: str) -> None:
         unusable(problem)
 
 
-def _execute_all(url: str, statements: list[str]) -> None:
-    engine = sa.create_engine(url)
+def sqlalchemy_url(url: str) -> str:
+    """`url` as SQLAlchemy opens it: a `libsql+file:` database is a SQLite file."""
+    if url.startswith("libsql+file:"):
+        return "sqlite:///" + url.removeprefix("libsql+file:").split("?", 1)[0]
+    return url
+
+
+def execute_all(url: str, statements: list[str]) -> None:
+    """Run `statements` in one transaction through SQLAlchemy (libSQL files as SQLite)."""
+    engine = sa.create_engine(sqlalchemy_url(url))
     try:
         with engine.begin() as conn:
             for statement in statements:
@@ -71,9 +87,43 @@ def _execute_all(url: str, statements: list[str]) -> None:
 
 def empty_tables(url: str) -> None:
     """Delete every row of durably's tables (the schema stays)."""
-    _execute_all(url, [f"DELETE FROM {table}" for table in DURABLY_TABLES])
+    execute_all(url, [f"DELETE FROM {table}" for table in DURABLY_TABLES])
 
 
 def drop_schema(url: str) -> None:
     """Drop durably's tables and its alembic version table: a database never migrated."""
-    _execute_all(url, [f"DROP TABLE IF EXISTS {t}" for t in (*DURABLY_TABLES, VERSION_TABLE)])
+    execute_all(url, [f"DROP TABLE IF EXISTS {t}" for t in (*DURABLY_TABLES, VERSION_TABLE)])
+
+
+def schema_of(url: str) -> dict[str, Any]:
+    """durably's tables (columns, keys, indexes) and version rows, as the inspector sees them."""
+    engine = sa.create_engine(sqlalchemy_url(url))
+    try:
+        inspector = sa.inspect(engine)
+        schema: dict[str, Any] = {}
+        for table in sorted(TABLE_NAMES | {VERSION_TABLE}):
+            if not inspector.has_table(table):
+                continue
+            schema[table] = {
+                "columns": [
+                    (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                    for c in inspector.get_columns(table)
+                ],
+                "primary key": inspector.get_pk_constraint(table)["constrained_columns"],
+                "indexes": sorted(
+                    (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                    for i in inspector.get_indexes(table)
+                ),
+                "unique": sorted(
+                    (u["name"], tuple(u["column_names"]))
+                    for u in inspector.get_unique_constraints(table)
+                ),
+            }
+        if VERSION_TABLE in schema:
+            with engine.connect() as conn:
+                schema["version rows"] = conn.exec_driver_sql(
+                    f"SELECT version_num FROM {VERSION_TABLE}"
+                ).all()
+        return schema
+    finally:
+        engine.dispose()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _backends import SERVER_URLS, empty_tables, prepare_server, selected_backends
+from _backends import SERVER_URLS, empty_tables, file_url, prepare_server, selected_backends
 
 from durably import Durably, create_durably
 
@@ -58,10 +58,8 @@ def db_url(tmp_path: Path) -> str:
 @pytest.fixture
 def backend_url(backend: str, tmp_path: Path) -> str:
     """This test's database: a fresh SQLite or libSQL file, or an emptied server database."""
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'durably.db'}"
-    if backend == "libsql":
-        return f"libsql+file:{tmp_path / 'durably.db'}"
+    if backend not in SERVER_URLS:
+        return file_url(backend, tmp_path / "durably.db")
     prepare_server(backend)
     url = SERVER_URLS[backend]
     empty_tables(url)

@@ -46,7 +46,7 @@ from durably_dialects.libsql import (
     LibsqlIntegrityError,
     LibsqlStreamExpiredError,
 )
-from durably_dialects.libsql._migrate import head_revision, split_sql
+from durably_dialects.libsql._migrate import head_revision, split_sql, upgrade_statements
 
 
 @pytest.fixture(params=CASES, ids=[c[0] for c in CASES])
@@ -467,9 +467,38 @@ def test_migrations_run_on_a_remote_database_without_a_sqlalchemy_engine(
         assert _schema(remote) == _schema(local)
 
 
-def test_concurrent_migrations_from_several_processes_reach_head_once(
-    server: HranaServer, tmp_path: Path
+@pytest.mark.parametrize("case", REMOTE_TRANSPORTS, ids=[c[0] for c in REMOTE_TRANSPORTS])
+def test_a_partial_first_migration_is_finished_through_every_remote_transport(
+    case: tuple[str, str, str],
+    server: HranaServer,
+    tmp_path: Path,
+    dialect_of: Callable[[str], LibsqlDialect],
 ) -> None:
+    reference = tmp_path / "reference.db"
+    with create_durably(f"sqlite:///{reference}") as d:
+        d.migrate()
+    # an empty version table, durably_runs and one of its indexes: a killed first migration
+    with sqlite3.connect(server.db_path) as remote:
+        for sql in upgrade_statements(None)[:3]:
+            remote.execute(sql)
+    remote.close()
+
+    dialect_of(server.url(case[1])).migrate(AlembicMigrator())
+
+    assert server.query(f"SELECT version_num FROM {VERSION_TABLE}") == [(head_revision(),)]
+    with sqlite3.connect(server.db_path) as remote, sqlite3.connect(reference) as local:
+        assert _schema(remote) == _schema(local)
+
+
+@pytest.mark.parametrize("start", ["empty", "partial"])
+def test_concurrent_migrations_from_several_processes_reach_head_once(
+    server: HranaServer, tmp_path: Path, start: str
+) -> None:
+    if start == "partial":
+        with sqlite3.connect(server.db_path) as remote:
+            for sql in upgrade_statements(None)[:3]:
+                remote.execute(sql)
+        remote.close()
     urls = [server.url(template) for _, template, _ in REMOTE_TRANSPORTS]
     go = tmp_path / "go"
     code = textwrap.dedent(

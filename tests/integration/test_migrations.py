@@ -1,22 +1,38 @@
-"""`migrate()` on real SQLite files: concurrent processes, a shared database, failures.
+"""`migrate()` on real SQLite files (concurrent processes, a shared database, failures),
+and on every backend from the partial schemas a killed first migration leaves.
 
 The schema-versus-metadata comparison lives in test_packaging.py, run on the built wheel.
 """
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from _backends import (
+    SERVER_URLS,
+    drop_schema,
+    execute_all,
+    file_url,
+    prepare_server,
+    schema_of,
+    sqlalchemy_url,
+)
+from alembic import command
 
 from durably import DurablyError, MigrationError, create_durably
-from durably.migrate import VERSION_TABLE, AlembicMigrator
+from durably.migrate import VERSION_TABLE, AlembicMigrator, alembic_config
 from durably.schema import TABLE_NAMES
+from durably_dialects.libsql._migrate import split_sql
 
 MIGRATE_AT_SIGNAL = """
 import pathlib, sys, time
@@ -47,7 +63,7 @@ def table_names(db_file: Path) -> set[str]:
     return {name for (name,) in rows}
 
 
-def migrate_in_processes_at_once(db_file: Path, workdir: Path, count: int) -> None:
+def migrate_in_processes_at_once(url: str, workdir: Path, count: int) -> None:
     """Start `count` processes, hold them at a barrier, release all, wait for all."""
     workdir.mkdir()
     go = workdir / "go"
@@ -58,7 +74,7 @@ def migrate_in_processes_at_once(db_file: Path, workdir: Path, count: int) -> No
             (
                 ready,
                 subprocess.Popen(
-                    [sys.executable, "-c", MIGRATE_AT_SIGNAL, f"sqlite:///{db_file}", ready, go],
+                    [sys.executable, "-c", MIGRATE_AT_SIGNAL, url, ready, go],
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
@@ -91,7 +107,7 @@ def test_four_processes_migrating_a_fresh_file_at_once_all_succeed_and_reach_hea
     attempt: int, tmp_path: Path
 ) -> None:
     db_file = tmp_path / "shared.db"
-    migrate_in_processes_at_once(db_file, tmp_path / "barrier", count=4)
+    migrate_in_processes_at_once(f"sqlite:///{db_file}", tmp_path / "barrier", count=4)
     assert version_rows(db_file) == [(AlembicMigrator().head(),)]
     assert TABLE_NAMES | {VERSION_TABLE} <= table_names(db_file)
 
@@ -103,7 +119,7 @@ def test_four_processes_migrating_an_empty_wal_file_at_once_all_succeed_and_reac
     with sqlite3.connect(db_file) as conn:
         assert conn.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
     conn.close()
-    migrate_in_processes_at_once(db_file, tmp_path / "barrier", count=4)
+    migrate_in_processes_at_once(f"sqlite:///{db_file}", tmp_path / "barrier", count=4)
     assert version_rows(db_file) == [(AlembicMigrator().head(),)]
     assert TABLE_NAMES | {VERSION_TABLE} <= table_names(db_file)
 
@@ -228,3 +244,149 @@ def test_fresh_database_file_is_created_by_migrate(tmp_path: Path) -> None:
         d.migrate()
     assert db_file.is_file()
     assert table_names(db_file) >= TABLE_NAMES
+
+
+# -- finishing from a partial schema, on every backend ---------------------------------
+#
+# MySQL/MariaDB commit each CREATE TABLE / CREATE INDEX on its own, so a first migrate()
+# killed midway leaves a prefix of revision 0001's statements and no version row. The
+# states below are built with those very statements (alembic's offline SQL for the
+# backend), plus a few a person could have made by hand.
+
+RUN_ROW = (
+    "INSERT INTO durably_runs (id, job_name, payload, status, created_at, updated_at) "
+    "VALUES ('01JABCDEFGHJKMNPQRSTVWXYZ0', 'kept', '{}', 'pending', "
+    "'2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')"
+)
+_SQL_DIALECT = {"sqlite": "sqlite", "libsql": "sqlite", "postgres": "postgresql", "mysql": "mysql"}
+
+
+def initial_script(backend: str) -> list[str]:
+    """Revision 0001 as the SQL statements alembic runs on `backend`, in order, without
+    the final INSERT of the version row (and without PostgreSQL's BEGIN/COMMIT)."""
+    config = alembic_config()
+    buffer = io.StringIO()
+    config.output_buffer = buffer
+    config.set_main_option("dialect_name", _SQL_DIALECT[backend])
+    command.upgrade(config, "0001", sql=True)
+    statements = [s for s in split_sql(buffer.getvalue()) if s not in ("BEGIN", "COMMIT")]
+    assert statements[-1].startswith(f"INSERT INTO {VERSION_TABLE}"), statements[-1]
+    return statements[:-1]
+
+
+def pick(script: list[str], *starts: str) -> list[str]:
+    """The statements of `script` that begin with one of `starts`, in script order."""
+    return [s for s in script if s.startswith(starts)]
+
+
+CRASH_POINTS = range(1, len(initial_script("sqlite")) + 1)
+HAND_MADE: dict[str, Callable[[list[str]], list[str]]] = {
+    "only-runs": lambda s: pick(s, "CREATE TABLE durably_runs"),
+    "runs-and-steps-without-indexes": lambda s: pick(
+        s, "CREATE TABLE durably_runs", "CREATE TABLE durably_steps"
+    ),
+    "all-tables-and-indexes-no-version-table": lambda s: s[1:],
+    "runs-of-another-shape": lambda s: ["CREATE TABLE durably_runs (id VARCHAR(26) PRIMARY KEY)"],
+}
+
+
+def run_ids(url: str) -> list[str]:
+    engine = sa.create_engine(sqlalchemy_url(url))
+    try:
+        with engine.connect() as conn:
+            return list(conn.exec_driver_sql("SELECT id FROM durably_runs").scalars())
+    finally:
+        engine.dispose()
+
+
+def migrate(url: str) -> None:
+    with create_durably(url) as d:
+        d.migrate()
+
+
+_head_schemas: dict[str, dict[str, Any]] = {}
+_servers_left_bare: set[str] = set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _servers_migrated_after_this_module() -> Iterator[None]:
+    """Leave the servers' databases migrated, as the rest of the session expects them."""
+    yield
+    for backend in _servers_left_bare:
+        drop_schema(SERVER_URLS[backend])
+        migrate(SERVER_URLS[backend])
+
+
+@pytest.fixture
+def bare_url(backend: str, tmp_path: Path) -> str:
+    """This test's database without durably's schema: a fresh file, or a server's emptied."""
+    if backend not in SERVER_URLS:
+        return file_url(backend, tmp_path / "durably.db")
+    prepare_server(backend)
+    _servers_left_bare.add(backend)
+    drop_schema(SERVER_URLS[backend])
+    return SERVER_URLS[backend]
+
+
+@pytest.fixture
+def head_schema(backend: str, bare_url: str, tmp_path: Path) -> dict[str, Any]:
+    """What a fresh migrate() makes on this backend (leaves `bare_url` bare)."""
+    if backend not in _head_schemas:
+        url = bare_url if backend in SERVER_URLS else file_url(backend, tmp_path / "head.db")
+        migrate(url)
+        _head_schemas[backend] = schema_of(url)
+        drop_schema(url)
+    return _head_schemas[backend]
+
+
+@pytest.mark.parametrize("statements_run", CRASH_POINTS)
+def test_migrate_finishes_a_first_migration_killed_after_any_of_its_statements(
+    backend: str, bare_url: str, head_schema: dict[str, Any], statements_run: int
+) -> None:
+    execute_all(bare_url, initial_script(backend)[:statements_run])
+    migrate(bare_url)
+    assert schema_of(bare_url) == head_schema
+
+
+@pytest.mark.parametrize("state", list(HAND_MADE))
+def test_migrate_rebuilds_a_partial_schema_without_a_version_table_when_it_holds_no_rows(
+    backend: str, bare_url: str, head_schema: dict[str, Any], state: str
+) -> None:
+    execute_all(bare_url, HAND_MADE[state](initial_script(backend)))
+    assert VERSION_TABLE not in schema_of(bare_url)
+    migrate(bare_url)
+    assert schema_of(bare_url) == head_schema
+
+
+def test_complete_schema_without_a_version_row_is_stamped_and_keeps_its_rows(
+    backend: str, bare_url: str, head_schema: dict[str, Any]
+) -> None:
+    execute_all(bare_url, [*initial_script(backend), RUN_ROW])
+    migrate(bare_url)
+    assert schema_of(bare_url) == head_schema
+    assert run_ids(bare_url) == ["01JABCDEFGHJKMNPQRSTVWXYZ0"]
+
+
+def test_partial_schema_holding_rows_raises_migration_error_and_drops_nothing(
+    backend: str, bare_url: str
+) -> None:
+    script = initial_script(backend)
+    # the version table and durably_runs without one of its indexes, holding a run
+    execute_all(bare_url, [*script[:5], RUN_ROW])
+    before = schema_of(bare_url)
+
+    with pytest.raises(MigrationError) as info:
+        migrate(bare_url)
+    message = str(info.value)
+    for expected in ("durably_runs", "1 row", "durably_steps", "ix_durably_runs_concurrency"):
+        assert expected in message, message
+    assert schema_of(bare_url) == before
+    assert run_ids(bare_url) == ["01JABCDEFGHJKMNPQRSTVWXYZ0"]
+
+
+def test_four_processes_finishing_a_partial_schema_at_once_all_succeed(
+    backend: str, bare_url: str, head_schema: dict[str, Any], tmp_path: Path
+) -> None:
+    execute_all(bare_url, initial_script(backend)[:3])
+    migrate_in_processes_at_once(bare_url, tmp_path / "barrier", count=4)
+    assert schema_of(bare_url) == head_schema

@@ -10,10 +10,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from _api_helpers import sqlite_path
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from durably import Durably, StepContext, create_durably, define_job
+from durably.migrate import INITIAL_REVISION, INITIAL_SCHEMA, VERSION_TABLE, alembic_config
 from durably.schema import metadata
 
 DURABLY_TABLES = {"durably_runs", "durably_steps", "durably_logs"}
@@ -100,6 +102,26 @@ def test_migrated_schema_matches_durably_schema_metadata(durably: Durably, db_ur
     assert diffs == []
     assert set(metadata.tables) == DURABLY_TABLES
     assert [d[0] for d in altered_diffs] == ["add_column"]
+
+
+def test_initial_schema_is_exactly_what_revision_0001_creates(db_url: str) -> None:
+    # migrate() recognises a partial first migration by INITIAL_SCHEMA: it must not drift
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), INITIAL_REVISION)
+            inspector = sa.inspect(conn)
+            created = {
+                table: (
+                    {column["name"] for column in inspector.get_columns(table)},
+                    {index["name"] for index in inspector.get_indexes(table)},
+                )
+                for table in inspector.get_table_names()
+                if table != VERSION_TABLE
+            }
+    finally:
+        engine.dispose()
+    assert created == INITIAL_SCHEMA
 
 
 def test_concurrent_migrate_calls_on_a_fresh_database_all_succeed(

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from pydantic_core import to_json
@@ -28,6 +30,9 @@ from .schema import logs, runs, steps
 logger = logging.getLogger("durably.store")
 
 _RETRY: Any = object()
+T = TypeVar("T")
+# attempts of a write transaction that a deadlock or lock wait timeout rolled back
+_TRANSIENT_ATTEMPTS = 5
 
 _json_loads = json.loads
 
@@ -217,6 +222,9 @@ class Store:
         self._clock = clock
         self._sa = dialect.sqlalchemy_dialect
         self._integrity = tuple(dialect.integrity_errors)
+        self._transient: Callable[[BaseException], bool] = getattr(
+            dialect, "transient_error", lambda exc: False
+        )
         self._cache: dict[Hashable, _Sql] = {}
         self._skip_locked = bool(getattr(dialect, "skip_locked", False))
         self._notify: Callable[[Connection], None] | None = getattr(dialect, "notify", None)
@@ -240,6 +248,22 @@ class Store:
 
     def now(self) -> str:
         return to_db(self._clock.now())
+
+    def _write(self, body: Callable[[Connection], T]) -> T:
+        """Run `body` in a write transaction; after a deadlock or lock wait timeout, which
+        rolled all of it back, run it again in a new one. Only for bodies whose whole
+        effect is their SQL (no state of the caller changes inside them)."""
+        attempt = 0
+        while True:
+            try:
+                with self.dialect.transaction() as conn:
+                    return body(conn)
+            except Exception as exc:
+                attempt += 1
+                if attempt >= _TRANSIENT_ATTEMPTS or not self._transient(exc):
+                    raise
+                logger.debug("transient error, attempt %d again: %s", attempt + 1, exc)
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))
 
     # -- creating runs ---------------------------------------------------------------
 
@@ -352,8 +376,7 @@ class Store:
         names, params = self._claim_params(job_names)
         for _ in range(5):
             try:
-                with self.dialect.transaction() as conn:
-                    row = self._claim_in(conn, names, owner, params)
+                row = self._write(lambda conn: self._claim_in(conn, names, owner, params))
             except self._integrity:
                 # another claimer took the same concurrency key at the same moment
                 # (possible where claims are not serialised); look again
@@ -520,12 +543,32 @@ class Store:
         return stmt
 
     def recover_stale(self, stale_before: str) -> int:
-        """Return running runs whose heartbeat is older than `stale_before` to pending."""
+        """Return running runs whose heartbeat is older than `stale_before` to pending.
+
+        The stale runs are found by a plain read, then each is updated by its primary key
+        (re-checked: still running, same lease, still stale). One UPDATE filtering on
+        `status = 'running'` would scan `ix_durably_runs_claim` and, on MySQL/MariaDB,
+        lock every running run's entry there before its row, the reverse of the order
+        of a worker's status write (row, then that entry): the two deadlocked.
+        """
+        find = self._sql(
+            "stale_runs",
+            lambda: (
+                sa.select(runs.c.id, runs.c.lease_generation)
+                .where(runs.c.status == "running", runs.c.heartbeat_at < P("cutoff"))
+                .order_by(runs.c.id)
+            ),
+        )
         sql = self._sql(
             "recover_stale",
             lambda: (
                 runs.update()
-                .where(runs.c.status == "running", runs.c.heartbeat_at < P("cutoff"))
+                .where(
+                    runs.c.id == P("id"),
+                    runs.c.lease_generation == P("generation"),
+                    runs.c.status == "running",
+                    runs.c.heartbeat_at < P("cutoff"),
+                )
                 .values(
                     status="pending",
                     active_concurrency_key=None,
@@ -534,9 +577,19 @@ class Store:
                 )
             ),
         )
-        with self.dialect.transaction() as conn:
-            cur = self._exec(conn, sql, cutoff=stale_before, now=self.now())
-        count = int(cur.rowcount)
+        with self.dialect.read() as conn:
+            stale = self._exec(conn, find, cutoff=stale_before).fetchall()
+        if not stale:
+            return 0
+        now = self.now()
+
+        def body(conn: Connection) -> list[Any]:
+            return [
+                self._exec(conn, sql, id=run_id, generation=gen, cutoff=stale_before, now=now)
+                for run_id, gen in stale
+            ]
+
+        count = sum(int(cur.rowcount) for cur in self._write(body))
         if count:
             logger.info("returned %d stale run(s) to pending", count)
         return count
@@ -616,14 +669,16 @@ class Store:
         else:
             advance = self._fenced("touch")
             params = {}
-        with self.dialect.transaction() as conn:
+        step_id = new_ulid()
+
+        def body(conn: Connection) -> Any:
             cur = self._exec(
                 conn, advance, id=lease.run_id, generation=lease.generation, now=now, **params
             )
             self._exec(
                 conn,
                 insert,
-                id=new_ulid(),
+                id=step_id,
                 run_id=lease.run_id,
                 generation=lease.generation,
                 name=name,
@@ -634,7 +689,9 @@ class Store:
                 started_at=started_at,
                 completed_at=now,
             )
-        return bool(cur.rowcount == 1)
+            return cur
+
+        return bool(self._write(body).rowcount == 1)
 
     def set_progress(self, lease: Lease, progress: Progress) -> bool:
         sql = self._fenced("set_progress")
@@ -643,8 +700,8 @@ class Store:
             data["total"] = progress.total
         if progress.message is not None:
             data["message"] = progress.message
-        with self.dialect.transaction() as conn:
-            cur = self._exec(
+        cur = self._write(
+            lambda conn: self._exec(
                 conn,
                 sql,
                 id=lease.run_id,
@@ -652,20 +709,24 @@ class Store:
                 progress=dumps(data),
                 now=self.now(),
             )
+        )
         return bool(cur.rowcount == 1)
 
     def heartbeat(self, lease: Lease) -> bool:
         sql = self._fenced("touch")
-        with self.dialect.transaction() as conn:
-            cur = self._exec(
+        cur = self._write(
+            lambda conn: self._exec(
                 conn, sql, id=lease.run_id, generation=lease.generation, now=self.now()
             )
+        )
         return bool(cur.rowcount == 1)
 
     def finish(self, lease: Lease, key: str, **params: Any) -> bool:
-        """The final fenced write of a run: `complete`, `fail` or `release`."""
-        with self.dialect.transaction() as conn:
-            cur = self._finish_in(conn, lease, key, params)
+        """The final fenced write of a run: `complete`, `fail` or `release`.
+
+        Retried after a deadlock or lock timeout: a final write that failed leaves the run
+        `running` until it goes stale, and then its job function runs again."""
+        cur = self._write(lambda conn: self._finish_in(conn, lease, key, params))
         return bool(cur.rowcount == 1)
 
     def _finish_in(self, conn: Connection, lease: Lease, key: str, params: dict[str, Any]) -> Any:

@@ -30,6 +30,10 @@ _LOCK_NAME = "durably_migrate"
 _CHANNEL = "durably_wakeup"
 logger = logging.getLogger("durably.dialects.sqlalchemy")
 _PG_LOCK_KEY = zlib.crc32(_LOCK_NAME.encode())
+# deadlock, lock wait timeout
+_MYSQL_TRANSIENT = frozenset({1213, 1205})
+# deadlock_detected, serialization_failure
+_PG_TRANSIENT = frozenset({"40P01", "40001"})
 
 
 def sqlite3_version() -> tuple[int, ...]:
@@ -102,6 +106,19 @@ class SqlAlchemyDialect:
         @sa.event.listens_for(self.engine, "begin")
         def _begin(conn: sa.Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def transient_error(self, exc: BaseException) -> bool:
+        """A deadlock or lock wait timeout: the server rolled the transaction back (or,
+        MySQL's 1205, the statement; the store then rolls back the rest), so running the
+        whole transaction again is safe."""
+        orig = getattr(exc, "orig", None)
+        if orig is None:
+            return False
+        if self.backend in ("mysql", "mariadb"):
+            return bool(orig.args) and orig.args[0] in _MYSQL_TRANSIENT
+        if self.backend == "postgresql":
+            return getattr(orig, "sqlstate", None) in _PG_TRANSIENT
+        return False
 
     @contextmanager
     def transaction(self) -> Iterator[_Conn]:

@@ -107,8 +107,8 @@ class Dialect(Protocol):
     - `database_clock: bool`: True where the database server has a clock of its own that
       every worker shares (PostgreSQL, MySQL, a remote libSQL server): heartbeats are then
       stamped, and staleness judged, in SQL by that clock instead of each machine's.
-    - `is_deadlock(exc) -> bool`: whether `exc` means the transaction lost a deadlock (or a
-      serialisation conflict) and was rolled back whole; the store then runs it again.
+    - `is_transient(exc) -> bool`: whether `exc` means the transaction lost a deadlock, a
+      serialisation conflict or a lock wait and was rolled back; the store runs it again.
     """
 
     url: str

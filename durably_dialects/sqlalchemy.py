@@ -32,7 +32,8 @@ logger = logging.getLogger("durably.dialects.sqlalchemy")
 _PG_LOCK_KEY = zlib.crc32(_LOCK_NAME.encode())
 # deadlock_detected, serialization_failure
 _PG_RETRYABLE = ("40P01", "40001")
-_MYSQL_DEADLOCK = 1213
+# deadlock, lock wait timeout
+_MYSQL_RETRYABLE = (1213, 1205)
 
 
 def sqlite3_version() -> tuple[int, ...]:
@@ -98,9 +99,9 @@ class SqlAlchemyDialect:
         if backend == "sqlite":
             self._setup_sqlite()
 
-    def is_deadlock(self, exc: BaseException) -> bool:
-        """Whether `exc` says the transaction lost a deadlock (or a serialisation
-        conflict) and was rolled back whole, so running it again is safe."""
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether `exc` says the transaction lost a deadlock, a serialisation conflict or
+        a lock wait, and was rolled back, so running it again is safe."""
         orig = getattr(exc, "orig", None)
         if orig is None:
             return False
@@ -108,7 +109,7 @@ class SqlAlchemyDialect:
             return getattr(orig, "sqlstate", None) in _PG_RETRYABLE
         if self.backend in ("mysql", "mariadb"):
             args = getattr(orig, "args", ())
-            return bool(args) and args[0] == _MYSQL_DEADLOCK
+            return bool(args) and args[0] in _MYSQL_RETRYABLE
         return False
 
     def _setup_sqlite(self) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,8 +85,8 @@ class Db:
         self.returning = bool(getattr(dialect, "returning", False))
         self.skip_locked = bool(getattr(dialect, "skip_locked", False))
         self.notify: Callable[[Connection], None] | None = getattr(dialect, "notify", None)
-        self._is_deadlock: Callable[[BaseException], bool] | None = getattr(
-            dialect, "is_deadlock", None
+        self._is_transient: Callable[[BaseException], bool] | None = getattr(
+            dialect, "is_transient", None
         )
         self.database_clock = bool(getattr(dialect, "database_clock", False))
         self._cache: dict[Hashable, Sql] = {}
@@ -106,20 +108,22 @@ class Db:
         return self.dialect.read()
 
     def write(self, body: Callable[[Connection], Any]) -> Any:
-        """Run `body` in one write transaction; a transaction that lost a deadlock rolled
-        back entirely, so it is run again from the start (never surfaced to the caller)."""
+        """Run `body` in one write transaction; one that lost a deadlock or a lock wait was
+        rolled back, so it is run again from the start (not surfaced to the caller)."""
         for attempt in range(_DEADLOCK_ATTEMPTS):
             try:
                 with self.dialect.transaction() as conn:
                     return body(conn)
             except Exception as exc:
-                if attempt + 1 == _DEADLOCK_ATTEMPTS or not self.deadlocked(exc):
+                if attempt + 1 == _DEADLOCK_ATTEMPTS or not self.transient(exc):
                     raise
-                logger.debug("transaction deadlocked, running it again: %s", exc)
+                logger.debug("transaction rolled back (%s), running it again", exc)
+                # a little jitter, so that the two sides of a deadlock do not meet again
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))
         raise AssertionError("unreachable")
 
-    def deadlocked(self, exc: BaseException) -> bool:
-        return self._is_deadlock is not None and self._is_deadlock(exc)
+    def transient(self, exc: BaseException) -> bool:
+        return self._is_transient is not None and self._is_transient(exc)
 
     # -- the clock that decides staleness ----------------------------------------------
 

@@ -206,13 +206,51 @@ class Claims:
 
     def recover_stale(self, threshold: float) -> int:
         """Give runs whose heartbeat is older than `threshold` seconds back to pending,
-        and free the concurrency keys that stopped runs hold past it."""
+        and free the concurrency keys that stopped runs hold past it.
+
+        The stale rows are found by a plain read, then changed one by one by primary key,
+        each re-checked: a scan that locked index entries before rows would take locks in
+        the opposite order of every other write of a run, and deadlock with them (InnoDB).
+        """
         db = self.db
+        cutoff = db.stale_cutoff(threshold)
+        find_stale = db.sql(
+            "find_stale",
+            lambda: (
+                sa.select(runs.c.id, runs.c.lease_generation)
+                .where(runs.c.status == "running", runs.c.heartbeat_at < P("cutoff"))
+                .order_by(runs.c.id)
+            ),
+        )
+        # a cancelled (or retried) run keeps its key while its worker may still run a
+        # step; a worker that died never acknowledges, so the key goes with its heartbeat
+        find_keys = db.sql(
+            "find_stale_keys",
+            lambda: (
+                sa.select(runs.c.id, runs.c.lease_generation)
+                .where(
+                    runs.c.active_concurrency_key.is_not(None),
+                    runs.c.status != "running",
+                    sa.or_(runs.c.heartbeat_at.is_(None), runs.c.heartbeat_at < P("cutoff")),
+                )
+                .order_by(runs.c.id)
+            ),
+        )
+        with db.read() as conn:
+            stale = db.exec(conn, find_stale, cutoff=cutoff).fetchall()
+            keys = db.exec(conn, find_keys, cutoff=cutoff).fetchall()
+        if not stale and not keys:
+            return 0
         recover = db.sql(
             "recover_stale",
             lambda: (
                 runs.update()
-                .where(runs.c.status == "running", runs.c.heartbeat_at < P("cutoff"))
+                .where(
+                    runs.c.id == P("id"),
+                    runs.c.lease_generation == P("generation"),
+                    runs.c.status == "running",
+                    runs.c.heartbeat_at < P("cutoff"),
+                )
                 .values(
                     status="pending",
                     active_concurrency_key=None,
@@ -221,30 +259,33 @@ class Claims:
                 )
             ),
         )
-        # a cancelled (or retried) run keeps its key while its worker may still run a
-        # step; a worker that died never acknowledges, so the key goes with its heartbeat
-        free_keys = db.sql(
-            "free_stale_keys",
+        free_key = db.sql(
+            "free_stale_key",
             lambda: (
                 runs.update()
                 .where(
+                    runs.c.id == P("id"),
+                    runs.c.lease_generation == P("generation"),
                     runs.c.status != "running",
-                    runs.c.active_concurrency_key.is_not(None),
                     sa.or_(runs.c.heartbeat_at.is_(None), runs.c.heartbeat_at < P("cutoff")),
                 )
                 .values(active_concurrency_key=None)
             ),
         )
-        cutoff = db.stale_cutoff(threshold)
+        now = db.now()
 
-        def body(conn: Connection) -> Any:
-            cur = db.exec(conn, recover, cutoff=cutoff, now=db.now())
-            return cur, db.exec(conn, free_keys, cutoff=cutoff)
+        def body(conn: Connection) -> list[Any]:
+            done = [
+                db.exec(conn, recover, id=i, generation=g, cutoff=cutoff, now=now)
+                for i, g in stale
+            ]
+            for i, g in keys:
+                db.exec(conn, free_key, id=i, generation=g, cutoff=cutoff)
+            if db.notify is not None:
+                db.notify(conn)
+            return done
 
-        cur, freed = db.write(body)
-        count = int(cur.rowcount)
+        count = sum(int(cur.rowcount) for cur in db.write(body))
         if count:
             logger.info("returned %d stale run(s) to pending", count)
-        if freed.rowcount:
-            logger.info("freed %d concurrency key(s) of stopped runs", freed.rowcount)
         return count

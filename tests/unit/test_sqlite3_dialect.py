@@ -7,6 +7,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -214,3 +215,15 @@ def test_migrate_then_close_leaves_no_connection_open(db_url: str) -> None:
     handle.trigger({})
     d.close()
     assert _fds_to(sqlite_path(db_url)) == 0
+
+
+def test_a_connection_that_fails_to_open_holds_no_descriptor(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"not a database, " * 512)
+    d = SqliteDialect(f"sqlite:///{path}")
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="not a database"), d.read():
+            pass
+        assert _fds_to(str(path)) == 0
+    finally:
+        d.close()

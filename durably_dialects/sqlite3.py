@@ -124,9 +124,13 @@ class SqliteDialect:
         raw = sqlite3.connect(
             target, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
-        if target != ":memory:":
-            self._enable_wal(raw, target)
-        raw.execute(f"PRAGMA synchronous={self.synchronous}")
+        try:
+            if target != ":memory:":
+                self._enable_wal(raw, target)
+            raw.execute(f"PRAGMA synchronous={self.synchronous}")
+        except BaseException:
+            raw.close()  # a failed open must not hold the file until garbage collection
+            raise
         return raw
 
     def _enable_wal(self, raw: sqlite3.Connection, target: str) -> None:

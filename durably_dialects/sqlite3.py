@@ -8,6 +8,13 @@ for other processes' write locks, default 30).
 Every write transaction is `BEGIN IMMEDIATE` under a lock shared by all connections to
 the same file in this process: threads of one process queue on that lock instead of
 spinning on SQLite's busy handler, so they never see `database is locked`.
+
+Connections to a file come from a small pool, checked out for one `transaction()` or
+`read()` and given back after it: at most `IDLE_CONNECTIONS` stay open while idle, however
+many threads came and went (thread pools, a thread per request), and a thread running
+transactions in a row gets the same connection back. A writer checks out only once it
+holds the lock, so queued writers hold no connection. A connection left inside a
+transaction (its ROLLBACK failed) or closed under its user is dropped, never reused.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from sqlalchemy.dialects import sqlite as sa_sqlite
 from durably import ConfigurationError, DialectNotFoundError, Result, hookimpl
 
 SCHEMES = ("sqlite",)
+# idle connections a file's pool keeps open; more are opened while more threads read at once
+IDLE_CONNECTIONS = 4
 
 _file_locks: dict[str, threading.RLock] = {}
 _file_locks_guard = threading.Lock()
@@ -95,13 +104,15 @@ class SqliteDialect:
         self.synchronous = sync
         self.timeout = float(options.get("timeout", "30"))
         self.sqlalchemy_dialect = sa_sqlite.dialect()
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []  # LIFO: the warmest connection first
+        self._open_conns: set[sqlite3.Connection] = set()  # idle and checked out
         self._closed = False
         if path is None:
             # one shared connection: a private in-memory database per dialect instance
             self._lock: threading.RLock = threading.RLock()
             self._shared: sqlite3.Connection | None = self._open(":memory:")
+            self._open_conns.add(self._shared)
         else:
             directory = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(directory):
@@ -113,10 +124,13 @@ class SqliteDialect:
         raw = sqlite3.connect(
             target, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
-        if target != ":memory:":
-            self._enable_wal(raw, target)
-        raw.execute(f"PRAGMA synchronous={self.synchronous}")
-        self._all.append(raw)
+        try:
+            if target != ":memory:":
+                self._enable_wal(raw, target)
+            raw.execute(f"PRAGMA synchronous={self.synchronous}")
+        except BaseException:
+            raw.close()  # a failed open must not hold the file until garbage collection
+            raise
         return raw
 
     def _enable_wal(self, raw: sqlite3.Connection, target: str) -> None:
@@ -138,41 +152,77 @@ class SqliteDialect:
         if mode is None or str(mode[0]).lower() != "wal":
             raise RuntimeError(f"could not switch {target!r} to WAL mode (got {mode!r})")
 
-    def _raw(self) -> sqlite3.Connection:
-        if self._closed:
-            raise RuntimeError(f"the database {self.url!r} is closed")
-        if self._shared is not None:
-            return self._shared
-        raw: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if raw is None:
-            assert self.path is not None
-            raw = self._local.conn = self._open(self.path)
-        return raw
+    def _checkout(self) -> sqlite3.Connection:
+        """An idle connection of the pool, or a new one; the memory database's shared one."""
+        with self._pool_lock:
+            if self._closed:
+                raise RuntimeError(f"the database {self.url!r} is closed")
+            if self._shared is not None:
+                return self._shared
+            if self._idle:
+                return self._idle.pop()
+        assert self.path is not None
+        raw = self._open(self.path)
+        with self._pool_lock:
+            if not self._closed:
+                self._open_conns.add(raw)
+                return raw
+        raw.close()
+        raise RuntimeError(f"the database {self.url!r} is closed")
+
+    def _checkin(self, raw: sqlite3.Connection) -> None:
+        """Give `raw` back to the pool, or close it: broken, surplus, or the pool is closed."""
+        if raw is self._shared:
+            return
+        try:
+            reusable = not raw.in_transaction
+        except sqlite3.Error:  # closed under its user
+            reusable = False
+        with self._pool_lock:
+            if reusable and not self._closed and len(self._idle) < IDLE_CONNECTIONS:
+                self._idle.append(raw)
+                return
+            self._open_conns.discard(raw)
+        _close_quietly(raw)
 
     @contextmanager
     def transaction(self) -> Iterator[_Conn]:
-        raw = self._raw()
         with self._lock:
-            raw.execute("BEGIN IMMEDIATE")
+            raw = self._checkout()
             try:
-                yield _Conn(raw)
-                raw.execute("COMMIT")
-            except BaseException:
-                if raw.in_transaction:
-                    raw.execute("ROLLBACK")
-                raise
+                raw.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _Conn(raw)
+                    raw.execute("COMMIT")
+                except BaseException:
+                    if raw.in_transaction:
+                        raw.execute("ROLLBACK")
+                    raise
+            finally:
+                self._checkin(raw)
 
     @contextmanager
     def read(self) -> Iterator[_Conn]:
-        raw = self._raw()
-        if self._shared is not None:
+        raw = self._checkout()
+        if raw is self._shared:
             with self._lock:
                 yield _Conn(raw)
-        else:
+            return
+        try:
             yield _Conn(raw)
+        finally:
+            self._checkin(raw)
 
     def migrate(self, migrator: Any) -> None:
-        raw = self._raw()
+        with self._lock:
+            raw = self._checkout()
+            try:
+                self._migrate_on(raw, migrator)
+            finally:
+                self._checkin(raw)
+
+    @staticmethod
+    def _migrate_on(raw: sqlite3.Connection, migrator: Any) -> None:
         engine = sa.create_engine("sqlite://", creator=lambda: raw, poolclass=sa.pool.StaticPool)
 
         @sa.event.listens_for(engine, "begin")
@@ -182,19 +232,27 @@ class SqliteDialect:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         try:
-            with self._lock, engine.begin() as conn:
+            with engine.begin() as conn:
                 migrator.upgrade(conn)
         finally:
             engine.dispose(close=False)
 
     def close(self) -> None:
-        self._closed = True
-        for raw in self._all:
-            try:
-                raw.close()
-            except sqlite3.Error:
-                pass
-        self._all.clear()
+        """Close every connection, checked-out ones included (their users then fail)."""
+        with self._pool_lock:
+            self._closed = True
+            conns = list(self._open_conns)
+            self._open_conns.clear()
+            self._idle.clear()
+        for raw in conns:
+            _close_quietly(raw)
+
+
+def _close_quietly(raw: sqlite3.Connection) -> None:
+    try:
+        raw.close()
+    except sqlite3.Error:
+        pass
 
 
 class Sqlite3Plugin:

@@ -7,11 +7,14 @@ The core talks to a database only through this protocol. Adapters (the built-in 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pluggy
@@ -157,6 +160,15 @@ KNOWN_SCHEMES: dict[str, str] = {
     "mariadb+pymysql": "mysql",
 }
 
+# The adapters that ship with durably, registered in code through the same hooks as
+# third-party plugins, so a source checkout that is not installed opens `sqlite://` too.
+# Named by module, never imported by name: the core does not depend on an adapter.
+BUILTIN_PLUGINS: dict[str, str] = {
+    "sqlite3": "durably_dialects.sqlite3",
+    "libsql": "durably_dialects.libsql",
+    "sqlalchemy": "durably_dialects.sqlalchemy",
+}
+
 _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
 _load_errors: dict[str, str] = {}
@@ -169,32 +181,36 @@ def _plugin_manager() -> pluggy.PluginManager:
         if _manager is None:
             pm = pluggy.PluginManager("durably")
             pm.add_hookspecs(DialectSpec)
-            _load_entry_points(pm)
+            for name, module in BUILTIN_PLUGINS.items():
+                _register(pm, name, partial(_builtin, module))
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                if pm.get_plugin(ep.name) is None and not pm.is_blocked(ep.name):
+                    _register(pm, ep.name, ep.load, f"{ep.value}: ")
             _manager = pm
         return _manager
 
 
-def _load_entry_points(pm: pluggy.PluginManager) -> None:
-    """Register every plugin of the `durably.dialects` group: a class, an instance or a module.
+def _builtin(module: str) -> object:
+    return importlib.import_module(module).plugin
+
+
+def _register(
+    pm: pluggy.PluginManager, name: str, load: Callable[[], Any], where: str = ""
+) -> None:
+    """Register one plugin: a class (instantiated here), an instance or a module.
 
     pluggy's own loader registers the loaded object as is; a class would then be called
-    without an instance, so classes are instantiated here.
+    without an instance. One broken plugin must not take every other dialect down.
     """
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
-            continue
-        try:
-            plugin = ep.load()
-            if inspect.isclass(plugin):
-                plugin = plugin()
-            if not pm.is_registered(plugin):
-                pm.register(plugin, name=ep.name)
-        except Exception as exc:
-            # one broken plugin must not take every other dialect down with it
-            _load_errors[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}"
-            logger.warning("dialect plugin %r failed to load: %s", ep.name, exc)
+    try:
+        plugin = load()
+        if inspect.isclass(plugin):
+            plugin = plugin()
+        if not pm.is_registered(plugin):
+            pm.register(plugin, name=name)
+    except Exception as exc:
+        _load_errors[name] = f"{where}{type(exc).__name__}: {exc}"
+        logger.warning("dialect plugin %r failed to load: %s", name, exc)
 
 
 def register_dialect_plugin(plugin: object) -> None:
@@ -211,12 +227,14 @@ def unregister_dialect_plugin(plugin: object) -> None:
         pm.unregister(plugin)
 
 
+def _schemes_of(plugin: object) -> list[str]:
+    hook = getattr(plugin, "durably_dialect_schemes", None)
+    return list(hook() or []) if callable(hook) else []
+
+
 def installed_schemes() -> list[str]:
     """Every URL scheme some installed dialect plugin claims, sorted."""
-    schemes: set[str] = set()
-    for result in _plugin_manager().hook.durably_dialect_schemes():
-        schemes.update(result or [])
-    return sorted(schemes)
+    return sorted({s for plugin in _plugin_manager().get_plugins() for s in _schemes_of(plugin)})
 
 
 def url_scheme(url: str) -> str:
@@ -237,10 +255,19 @@ def resolve_dialect(url: str) -> Dialect:
     """The Dialect that `url` selects among the installed plugins."""
     if not isinstance(url, str) or not url:
         raise DialectNotFoundError(f"a database URL must be a non-empty string, got {url!r}")
-    dialect: Dialect | None = _plugin_manager().hook.durably_dialect_for_url(url=url)
+    pm = _plugin_manager()
+    scheme = url_scheme(url)
+    # the plugins that claim the URL's scheme answer first; then every plugin is asked
+    # (a catch-all such as the SQLAlchemy adapter claims more schemes than it lists)
+    others = [p for p in pm.get_plugins() if scheme not in _schemes_of(p)]
+    dialect: Dialect | None = None
+    if len(others) < len(pm.get_plugins()):
+        owners = pm.subset_hook_caller("durably_dialect_for_url", remove_plugins=others)
+        dialect = owners(url=url)
+    if dialect is None:
+        dialect = pm.hook.durably_dialect_for_url(url=url)
     if dialect is not None:
         return dialect
-    scheme = url_scheme(url)
     installed = ", ".join(installed_schemes()) or "none"
     extra = KNOWN_SCHEMES.get(scheme)
     if extra is None and "+" in scheme:

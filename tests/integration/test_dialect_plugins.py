@@ -432,3 +432,42 @@ def test_plugin_installed_with_an_entry_point_is_found_by_a_fresh_process(
     assert "sqlite" in result["schemes"]
     with sqlite3.connect(db_file) as conn:
         assert conn.execute("SELECT status FROM durably_runs").fetchall() == [("completed",)]
+
+
+def test_source_checkout_that_is_not_installed_opens_sqlite_through_the_builtin_plugins(
+    tmp_path: Path,
+) -> None:
+    """No durably distribution, so no entry points: the built-ins are registered in code."""
+    repo = Path(__file__).resolve().parents[2]
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for part in ("durably", "durably_dialects", "alembic"):
+        (checkout / part).symlink_to(repo / part)
+    # the venv's packages without durably's own distribution (and its editable path hook)
+    site = tmp_path / "site"
+    site.mkdir()
+    (venv_site,) = {Path(p) for p in sys.path if p.endswith("site-packages")}
+    for entry in venv_site.iterdir():
+        if "durably" not in entry.name.lower() and entry.suffix != ".pth":
+            (site / entry.name).symlink_to(entry)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path[:0] = [{str(checkout)!r}, {str(site)!r}]
+        import importlib.metadata, json
+        import durably
+        eps = importlib.metadata.entry_points(group="durably.dialects")
+        with durably.create_durably("sqlite://") as d:
+            d.migrate()
+            kind = type(d.dialect).__module__
+        print(json.dumps({{"file": durably.__file__, "eps": len(eps), "dialect": kind}}))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["file"].startswith(str(checkout))
+    assert result["eps"] == 0
+    assert result["dialect"] == "durably_dialects.sqlite3"

@@ -1,11 +1,11 @@
-"""durably's alembic environment: run by `durably.migrate`, on the connection it passes."""
+"""durably's alembic environment: run by `durably._migrate`, on the connection it passes."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from durably.migrate import VERSION_TABLE
-from durably.schema import TABLE_NAMES, metadata
+from durably._migrate import VERSION_TABLE
+from durably._schema import TABLE_NAMES, metadata
 
 config = context.config
 

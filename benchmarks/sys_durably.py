@@ -23,7 +23,7 @@ from common import (
 )
 
 from durably import StepContext, create_durably, define_job
-from durably.clock import to_db
+from durably._clock import to_db
 
 
 @define_job(name="many")

@@ -4,10 +4,9 @@ A job is a plain function; every `step.run(name, fn)` in it is persisted, so a r
 killed by a crash, a deploy or Ctrl-C resumes from its last completed step.
 """
 
-from ._step import AsyncStepContext, StepContext
-from .app import Durably, create_durably
-from .clock import Clock, SystemClock
-from .dialect import (
+from ._app import Durably, create_durably
+from ._clock import Clock, SystemClock
+from ._dialect import (
     Connection,
     Cursor,
     Dialect,
@@ -16,11 +15,13 @@ from .dialect import (
     hookimpl,
     hookspec,
     installed_schemes,
+    redact_url,
     register_dialect_plugin,
     resolve_dialect,
     unregister_dialect_plugin,
+    url_scheme,
 )
-from .errors import (
+from ._errors import (
     ConfigurationError,
     DialectNotFoundError,
     DuplicateStepError,
@@ -34,7 +35,7 @@ from .errors import (
     StepSerializationError,
     WaitTimeoutError,
 )
-from .events import (
+from ._events import (
     BaseEvent,
     DurablyEvent,
     EventType,
@@ -52,9 +53,10 @@ from .events import (
     StepStartEvent,
     WorkerErrorEvent,
 )
-from .handle import JobHandle, JobsNamespace
-from .jobs import JobDefinition, define_job
-from .records import BatchItem, LogEntry, Run, RunStatus, StepRecord, TriggerResult
+from ._handle import JobHandle, JobsNamespace
+from ._jobs import JobDefinition, define_job
+from ._records import BatchItem, LogEntry, Run, RunStatus, StepRecord, TriggerResult
+from ._step import AsyncStepContext, StepContext
 
 __version__ = "0.1.0"
 
@@ -112,7 +114,9 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "installed_schemes",
+    "redact_url",
     "register_dialect_plugin",
     "resolve_dialect",
     "unregister_dialect_plugin",
+    "url_scheme",
 ]

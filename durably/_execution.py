@@ -16,16 +16,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ._errors import DuplicateStepError, InputValidationError, describe
+from ._events import Progress
+from ._ids import new_ulid
+from ._jobs import JobDefinition
 from ._lease import Lease, RunInterrupted, StoreFailure
+from ._records import LogEntry
 from ._runtime import Runtime
 from ._step import MISSING, AsyncStepContext, StepContext
 from ._store import Complete, Fail, Final, Release, dumps
 from ._text import check_name, clean_message
-from .errors import DuplicateStepError, InputValidationError, describe
-from .events import Progress
-from .ids import new_ulid
-from .jobs import JobDefinition
-from .records import LogEntry
 
 logger = logging.getLogger("durably.worker")
 

@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from functools import partial
 
-from .clock import Clock
-from .errors import RunNotFoundError, WaitTimeoutError
-from .events import TERMINAL_RUN_EVENTS, BaseEvent
-from .records import Run
+from ._clock import Clock
+from ._errors import RunNotFoundError, WaitTimeoutError
+from ._events import TERMINAL_RUN_EVENTS, BaseEvent
+from ._records import Run
 
 _TERMINAL = frozenset({"completed", "failed", "cancelled"})
 # the run status each event leaves behind, to tell a duplicate final event from a new one

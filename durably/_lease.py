@@ -18,9 +18,9 @@ import threading
 import uuid
 from typing import Literal
 
+from ._errors import describe
 from ._runtime import Runtime
 from ._store import Claim, ClaimRequest, Final
-from .errors import describe
 
 logger = logging.getLogger("durably.worker")
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ._errors import ConfigurationError
 from ._lease import LeaseKeeper
+from ._records import RUN_STATUSES, LogEntry, Run, RunStatus, StepRecord
 from ._runtime import Runtime
 from ._store import NewRun
 from ._text import check_name
-from .errors import ConfigurationError
-from .records import RUN_STATUSES, LogEntry, Run, RunStatus, StepRecord
 
 
 def _as_list(value: str | Sequence[str] | None, what: str) -> list[str] | None:

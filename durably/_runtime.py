@@ -10,11 +10,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ._clock import Clock
+from ._errors import ConfigurationError
+from ._events import EventEmitter
+from ._jobs import JobDefinition
 from ._store import Store
-from .clock import Clock
-from .errors import ConfigurationError
-from .events import EventEmitter
-from .jobs import JobDefinition
 
 # The real gap between two heartbeats is one interval plus the time the heartbeat takes
 # (a busy database, a loaded machine): the threshold must leave room for a second one.

@@ -17,8 +17,8 @@ from typing import Any, Protocol, TypeVar
 from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError, to_json
 
-from .errors import StepSerializationError
-from .events import Progress
+from ._errors import StepSerializationError
+from ._events import Progress
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ documented limit instead, so they can never keep a run from being written.
 
 from __future__ import annotations
 
-from .errors import InputValidationError
+from ._errors import InputValidationError
 
 # what a VARCHAR(255) holds on every backend (PostgreSQL and MySQL count characters)
 MAX_NAME = 255

@@ -13,11 +13,11 @@ import logging
 import threading
 from collections.abc import Callable
 
+from ._errors import describe
 from ._execution import Conclusion, RunExecution
 from ._lease import Lease, LeaseKeeper
 from ._runtime import Runtime
 from ._store import Complete, Fail
-from .errors import describe
 
 logger = logging.getLogger("durably.worker")
 

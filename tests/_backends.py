@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from durably import create_durably
-from durably.migrate import VERSION_TABLE
-from durably.schema import TABLE_NAMES
+from durably._migrate import VERSION_TABLE
+from durably._schema import TABLE_NAMES
 
 SERVER_URLS = {
     "postgres": os.environ.get(

@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-from ..clock import Clock
-from ..dialect import Dialect
+from .._clock import Clock
+from .._dialect import Dialect
 from ._sql import Db, dumps, loads
 from .claims import Claim, ClaimRequest, Claims
 from .leased import Complete, Fail, Final, LeasedWrites, Release

@@ -17,11 +17,11 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic_core import to_json
 
-from ..clock import Clock, from_db, to_db
-from ..dialect import Connection, Dialect
-from ..events import Progress
-from ..records import LogEntry, Run, StepRecord
-from ..schema import logs, runs, steps
+from .._clock import Clock, from_db, to_db
+from .._dialect import Connection, Dialect
+from .._events import Progress
+from .._records import LogEntry, Run, StepRecord
+from .._schema import logs, runs, steps
 
 logger = logging.getLogger("durably.store")
 

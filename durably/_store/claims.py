@@ -14,8 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..dialect import Connection
-from ..schema import runs
+from .._dialect import Connection
+from .._schema import runs
 from ._sql import Db, P, loads
 
 logger = logging.getLogger("durably.store")

@@ -13,12 +13,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..clock import to_db
-from ..dialect import Connection
-from ..events import Progress
-from ..ids import new_ulid
-from ..records import LogEntry
-from ..schema import logs, runs, steps
+from .._clock import to_db
+from .._dialect import Connection
+from .._events import Progress
+from .._ids import new_ulid
+from .._records import LogEntry
+from .._schema import logs, runs, steps
 from ._sql import Db, P, dumps, progress_json
 from .claims import Claim, ClaimRequest, Claims
 

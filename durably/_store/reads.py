@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from ..records import LogEntry, Run, StepRecord
-from ..schema import logs, runs, steps
+from .._records import LogEntry, Run, StepRecord
+from .._schema import logs, runs, steps
 from ._sql import (
     LOG_COLUMNS,
     RUN_COLUMNS,

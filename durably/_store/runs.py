@@ -13,11 +13,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..clock import from_db
-from ..dialect import Connection
-from ..errors import InvalidRunStateError, RunNotFoundError
-from ..records import Run
-from ..schema import logs, runs, steps
+from .._clock import from_db
+from .._dialect import Connection
+from .._errors import InvalidRunStateError, RunNotFoundError
+from .._records import Run
+from .._schema import logs, runs, steps
 from ._sql import RUN_COLUMNS, Db, P, loads, run_from_row, status_in
 
 _TERMINAL = ("completed", "failed", "cancelled")

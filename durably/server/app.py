@@ -30,8 +30,8 @@ from durably import (
     RunNotFoundError,
     RunStatus,
 )
+from durably._app import follow_source
 from durably._follow import AsyncFollow, follow
-from durably.app import follow_source
 
 from .dashboard import ASSET_PREFIX, asset, jobs_json, page
 from .sse import EventStream, frames

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from durably import BaseEvent, LogEntry, Progress, Run, StepRecord
-from durably.records import finite_json
+from durably._records import finite_json
 
 #: `/runs/subscribe` forwards these as `{type, runId, jobName}` (+ `progress`).
 RUN_SUMMARY_TYPES = frozenset(

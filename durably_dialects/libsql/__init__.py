@@ -31,8 +31,7 @@ from typing import Any
 
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
-from durably import ConfigurationError, DialectNotFoundError, hookimpl
-from durably.dialect import redact_url, url_scheme
+from durably import ConfigurationError, DialectNotFoundError, hookimpl, redact_url, url_scheme
 
 from ._common import (
     LibsqlDatabaseError,

@@ -5,7 +5,7 @@ SQLite (offline mode, the same revisions as every other backend); the statements
 run through the driver in ONE transaction together with the version table's update, so
 the schema and `durably_alembic_version` never disagree. A schema that does not match
 its version row (made by hand, or by a first migration killed on another backend) is
-repaired as `durably.migrate.plan_initial_repair` decides, in that same transaction.
+repaired as `durably._migrate.plan_initial_repair` decides, in that same transaction.
 
 Concurrent `migrate()` calls are safe without a lock (a batch transport cannot hold one):
 the loser's transaction fails (its `CREATE TABLE` finds the table, or a guard finds a
@@ -25,7 +25,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 
 from durably import MigrationError
-from durably.migrate import (
+from durably._migrate import (
     INITIAL_REVISION,
     INITIAL_SCHEMA,
     VERSION_TABLE,

@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
-from durably import ConfigurationError, DialectNotFoundError
-from durably.dialect import redact_url
+from durably import ConfigurationError, DialectNotFoundError, redact_url
 
 SCHEMES = ("libsql", "libsql+ws", "libsql+wss", "libsql+http", "libsql+https", "libsql+file")
 DRIVERS = ("libsql", "libsql-client")

@@ -23,7 +23,7 @@ import pytest
 from _backends import SERVER_URLS, drop_schema, schema_of
 
 from durably import StepContext, create_durably, define_job
-from durably.migrate import VERSION_TABLE, AlembicMigrator
+from durably._migrate import VERSION_TABLE, AlembicMigrator
 
 pytestmark = pytest.mark.crash
 

@@ -31,8 +31,8 @@ import sqlalchemy as sa
 from _backends import drop_schema, unusable
 
 from durably import BatchItem, Durably, create_durably
-from durably.migrate import VERSION_TABLE, AlembicMigrator
-from durably.schema import TABLE_NAMES
+from durably._migrate import VERSION_TABLE, AlembicMigrator
+from durably._schema import TABLE_NAMES
 
 # multi-process tests on the databases that several processes share (libSQL files are
 # covered by the sqlite rows: the same file format and locking)

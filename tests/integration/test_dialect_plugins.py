@@ -32,7 +32,7 @@ from durably import (
     installed_schemes,
     resolve_dialect,
 )
-from durably.dialect import KNOWN_SCHEMES, iter_plugins
+from durably._dialect import KNOWN_SCHEMES, iter_plugins
 from durably_dialects.sqlite3 import SqliteDialect
 
 

@@ -38,7 +38,7 @@ from durably import (
     define_job,
     resolve_dialect,
 )
-from durably.migrate import VERSION_TABLE, AlembicMigrator
+from durably._migrate import VERSION_TABLE, AlembicMigrator
 from durably.plugins import with_log_persistence
 from durably_dialects.libsql import (
     LibsqlDatabaseError,

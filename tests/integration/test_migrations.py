@@ -30,8 +30,8 @@ from _backends import (
 from alembic import command
 
 from durably import DurablyError, MigrationError, create_durably
-from durably.migrate import VERSION_TABLE, AlembicMigrator, alembic_config
-from durably.schema import TABLE_NAMES
+from durably._migrate import VERSION_TABLE, AlembicMigrator, alembic_config
+from durably._schema import TABLE_NAMES
 from durably_dialects.libsql._migrate import split_sql
 
 MIGRATE_AT_SIGNAL = """

@@ -102,8 +102,8 @@ from alembic.migration import MigrationContext
 
 import durably, durably_dialects.sqlite3
 from durably import create_durably, define_job
-from durably.migrate import VERSION_TABLE, AlembicMigrator, script_location
-from durably.schema import TABLE_NAMES, metadata
+from durably._migrate import VERSION_TABLE, AlembicMigrator, script_location
+from durably._schema import TABLE_NAMES, metadata
 
 db = sys.argv[1]
 
@@ -175,4 +175,4 @@ def test_unzipped_wheel_migrates_a_fresh_file_and_runs_a_job_without_the_checkou
     assert result["output"] == {"doubled": 42}
     assert result["steps"] == [["double", "completed", 42]]
     assert result["version"] == [[result["head"]]]
-    assert result["diffs"] == [], "the migrated schema differs from durably.schema.metadata"
+    assert result["diffs"] == [], "the migrated schema differs from durably._schema.metadata"

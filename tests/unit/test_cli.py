@@ -23,11 +23,11 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from durably import Durably, StepContext, create_durably, define_job
-from durably.appload import load_jobs
+from durably._errors import DurablyError
 from durably.cli import main
-from durably.cli_output import iso, record_json, to_json
-from durably.demo import Display
-from durably.errors import DurablyError
+from durably.cli.appload import load_jobs
+from durably.cli.demo import Display
+from durably.cli.output import iso, record_json, to_json
 from durably.plugins import with_log_persistence
 
 UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"

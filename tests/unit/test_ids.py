@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from durably import Durably, StepContext, define_job
-from durably.ids import UlidGenerator, new_ulid
+from durably._ids import UlidGenerator, new_ulid
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 

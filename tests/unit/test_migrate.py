@@ -1,4 +1,4 @@
-"""migrate(): idempotent, its own version table, schema identical to durably.schema."""
+"""migrate(): idempotent, its own version table, schema identical to durably._schema."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from durably import Durably, StepContext, create_durably, define_job
-from durably.migrate import INITIAL_REVISION, INITIAL_SCHEMA, VERSION_TABLE, alembic_config
-from durably.schema import metadata
+from durably._migrate import INITIAL_REVISION, INITIAL_SCHEMA, VERSION_TABLE, alembic_config
+from durably._schema import metadata
 
 DURABLY_TABLES = {"durably_runs", "durably_steps", "durably_logs"}
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pluggy
 
-from .errors import DialectNotFoundError
+from ._errors import DialectNotFoundError
 
 if TYPE_CHECKING:
     import sqlalchemy as sa

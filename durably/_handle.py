@@ -7,13 +7,13 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
+from ._errors import InputValidationError, RunCancelledError, RunFailedError
+from ._ids import new_ulid
+from ._jobs import JobDefinition
+from ._records import BatchItem, Run, RunStatus, TriggerResult
 from ._runs import RunOperations
 from ._store import NewRun, dumps
 from ._text import check_name
-from .errors import InputValidationError, RunCancelledError, RunFailedError
-from .ids import new_ulid
-from .jobs import JobDefinition
-from .records import BatchItem, Run, RunStatus, TriggerResult
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from .app import Durably, create_durably
+from .._app import Durably, create_durably
+from .._dialect import redact_url
+from .._errors import DurablyError
+from .._events import RunCompleteEvent, RunFailEvent, RunStartEvent, WorkerErrorEvent
+from ..plugins import with_log_persistence
 from .appload import load_jobs
-from .dialect import redact_url
-from .errors import DurablyError
-from .events import RunCompleteEvent, RunFailEvent, RunStartEvent, WorkerErrorEvent
-from .plugins import with_log_persistence
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -215,7 +215,7 @@ def build_app(durably: Durably) -> ASGIApp:
     from starlette.responses import RedirectResponse
     from starlette.routing import Mount, Route
 
-    from .server import create_app
+    from ..server import create_app
 
     async def index(request: Request) -> RedirectResponse:
         # the dashboard reaches the API with relative URLs: it needs the trailing slash

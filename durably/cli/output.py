@@ -21,8 +21,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .events import Progress
-from .records import LogEntry, Run, StepRecord, finite_json
+from .._events import Progress
+from .._records import LogEntry, Run, StepRecord, finite_json
 
 STATUS_STYLES = {
     "pending": "yellow",

@@ -10,8 +10,8 @@ from typing import Any, Generic, TypeVar, overload
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
+from ._errors import DurablyError, InputValidationError
 from ._text import name_problem
-from .errors import DurablyError, InputValidationError
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741

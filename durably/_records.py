@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from .events import Progress
+from ._events import Progress
 
 RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 RUN_STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed", "cancelled")

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .app import Durably
-from .errors import DurablyError
-from .jobs import JobDefinition
+from .._app import Durably
+from .._errors import DurablyError
+from .._jobs import JobDefinition
 
 
 def load_jobs(spec: str) -> dict[str, JobDefinition[Any, Any]]:

@@ -33,7 +33,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
-from .errors import MigrationError
+from ._errors import MigrationError
 
 VERSION_TABLE = "durably_alembic_version"
 INITIAL_REVISION = "0001"

@@ -9,21 +9,21 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from ._clock import Clock, SystemClock
+from ._dialect import Dialect, as_dialect, redact_url
+from ._errors import DurablyError, MigrationError
+from ._events import ErrorHandler, EventEmitter, Listener
 from ._follow import AsyncFollow, Follow, Source, follow, wait, wait_async
+from ._handle import JobHandle, JobsNamespace
+from ._jobs import JobDefinition
 from ._lease import LeaseKeeper
+from ._migrate import AlembicMigrator
+from ._records import LogEntry, Run, RunStatus, StepRecord
 from ._runs import RunOperations, check_count
 from ._runtime import JobRegistry, Runtime, Settings
 from ._store import Store
 from ._text import check_name
 from ._worker import Worker
-from .clock import Clock, SystemClock
-from .dialect import Dialect, as_dialect, redact_url
-from .errors import DurablyError, MigrationError
-from .events import ErrorHandler, EventEmitter, Listener
-from .handle import JobHandle, JobsNamespace
-from .jobs import JobDefinition
-from .migrate import AlembicMigrator
-from .records import LogEntry, Run, RunStatus, StepRecord
 
 logger = logging.getLogger("durably")
 

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import demo
-from .app import Durably, create_durably
-from .cli_output import (
+from .._app import Durably, create_durably
+from .._dialect import KNOWN_SCHEMES, _load_errors, installed_schemes, iter_plugins, redact_url
+from .._errors import DurablyError, RunNotFoundError
+from .._records import RUN_STATUSES
+from .demo import build_parser as build_demo_parser
+from .demo import run as run_demo
+from .output import (
     console,
     dialects_view,
     record_json,
@@ -25,10 +29,7 @@ from .cli_output import (
     runs_table,
     to_json,
 )
-from .cli_worker import add_serve_arguments, add_worker_arguments, serve, worker
-from .dialect import KNOWN_SCHEMES, _load_errors, installed_schemes, iter_plugins, redact_url
-from .errors import DurablyError, RunNotFoundError
-from .records import RUN_STATUSES
+from .worker import add_serve_arguments, add_worker_arguments, serve, worker
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -269,8 +270,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "demo",
         "run a demo batch job; Ctrl-C it and run it again to see it resume",
-        demo.build_parser,
-        demo.run,
+        build_demo_parser,
+        run_demo,
     ),
     Command("migrate", "create or upgrade durably's tables in a database", _add_url, _migrate),
     Command(

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from .clock import Clock
+from ._clock import Clock
 
 logger = logging.getLogger("durably.events")
 

@@ -50,7 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-restart", action="store_true")
     parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")
     parser.add_argument("--show", type=int, default=40, help="violations listed per backend")
+    parser.add_argument(
+        "--recheck",
+        type=Path,
+        metavar="DIR",
+        help="run nothing: check the rules again on the evidence a campaign left in DIR",
+    )
     args = parser.parse_args(argv)
+    if args.recheck is not None:
+        result = _campaign.recheck(args.recheck)
+        print(result.summary(limit=args.show))
+        return 0 if result.ok else 1
 
     seed = args.seed if args.seed is not None else random.randrange(1, 10**6)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="durably-campaign-"))
@@ -89,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 _campaign.reset_schema(url)
         print(result.summary(limit=args.show), flush=True)
         if not result.ok:
-            print(f"  replay: {_campaign.reproduce_command(backend, seed, config.faults)}")
+            replay = _campaign.reproduce_command(backend, seed, config.faults, args.seconds)
+            print(f"  replay: {replay}")
         results.append(result)
     print()
     print(_campaign.figures(results))

@@ -27,7 +27,7 @@ and, at seeded random moments (`random.Random(seed)`), injects faults:
   connkill      (servers) the worker's database sessions are killed from the controller's
                 own connection: pg_terminate_backend / KILL CONNECTION, sessions found by
                 the client ports of the worker's sockets (/proc)
-  cancel        `cancel(run)` of a run in flight; `retry(run)` 0.3..1 s later
+  cancel        `cancel(run)` of a run in flight; `retry(run)` 0.6..1.2 s later
   migrate-kill  an extra worker is SIGKILLed while it is inside `migrate()`; the campaign
                 also starts on a dropped schema with one such victim killed in the first,
                 real migration
@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import random
 import shutil
@@ -93,7 +94,9 @@ from _campaign_rules import (
     Violation,
     WorkerInfo,
     check,
+    load_evidence,
     parse_lines,
+    save_evidence,
     step_value,
 )
 from pydantic import BaseModel
@@ -660,7 +663,7 @@ class Campaign:
         if not ok and not self._is_cancelled(run_id):
             return False
         self._record(Fault("cancel", t0, t1, run=run_id))
-        self.retries[run_id] = time.monotonic() + self.rng.uniform(0.3, 1.0)
+        self.retries[run_id] = time.monotonic() + self.rng.uniform(0.6, 1.2)
         return True
 
     def _is_cancelled(self, run_id: str) -> bool:
@@ -974,9 +977,12 @@ class Campaign:
                 self.app.close()
             if self.admin is not None:
                 self.admin.dispose()
+        wall = time.monotonic() - began
+        save_evidence(evidence, self.dir / "evidence.json")
+        meta = {"backend": self.config.backend, "seed": self.config.seed, "wall": wall}
+        (self.dir / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
         violations, stats = check(evidence)
-        stats["faults"] = dict(sorted(self.injected.items()))
-        return CampaignResult(self.config, violations, stats, time.monotonic() - began)
+        return CampaignResult(self.config, violations, stats, wall)
 
     def close(self) -> None:
         """Kill whatever is left (after an error in the controller)."""
@@ -1007,6 +1013,14 @@ def backend_url(backend: str, workdir: Path) -> str:
     from _backends import SERVER_URLS
 
     return SERVER_URLS[backend]
+
+
+def recheck(workdir: Path) -> CampaignResult:
+    """Check the rules again on the evidence a campaign left in `workdir`."""
+    meta = json.loads((workdir / "meta.json").read_text(encoding="utf-8"))
+    config = CampaignConfig(backend=meta["backend"], url="", workdir=workdir, seed=meta["seed"])
+    violations, stats = check(load_evidence(workdir / "evidence.json"))
+    return CampaignResult(config, violations, stats, meta["wall"])
 
 
 def run_campaign(config: CampaignConfig) -> CampaignResult:
@@ -1051,14 +1065,14 @@ def clear_dir(path: Path) -> None:
 def figures(results: Iterable[CampaignResult]) -> str:
     """One table line per backend, for the long campaign."""
     rows = [
-        "backend   seed        faults (by kind)                                  runs  "
+        "backend   seed        faults (by kind)                                              runs  "
         "steps  again  lost  stuck  holders  wall s  violations"
     ]
     for r in results:
         s = r.stats
         faults = ", ".join(f"{k} {v}" for k, v in s["faults"].items())
         rows.append(
-            f"{r.config.backend:<9} {r.config.seed:<11} {faults:<49} {s['runs']:>5} "
+            f"{r.config.backend:<9} {r.config.seed:<11} {faults:<61} {s['runs']:>5} "
             f"{s['steps_committed']:>6} {s['committed_steps_executed_again']:>6} "
             f"{s['lost_runs']:>5} {s['stuck_runs']:>6} {s['max_holders']:>8} "
             f"{r.wall:>7.1f}  {dict(sorted(r.by_rule().items())) or 'none'}"

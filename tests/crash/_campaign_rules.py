@@ -14,11 +14,16 @@ X's process for X's run before X.start; pre(X) the last pre line of that process
 step before X.start (the job writes it just before `step.run`, so durably's boundary check
 comes after it).
 
-A claim line c_q of process q is *reliable* when q was neither frozen nor starved during
-[max(c_q - S, ready_q), c_q] (ready_q: q's ready line, before which q claims nothing).
-A process is *starved* during a gap of more than STARVED seconds between two of its pulse
-lines (written every PULSE seconds by a thread of its own) that no freeze explains: the
-machine did not run it.
+A process is *paused* while it is frozen (from SIGSTOP to its first line after SIGCONT)
+or starved (a gap of more than STARVED seconds between two of its pulse lines, written
+every PULSE seconds by a thread of its own, that no freeze explains: the machine did not
+run it). E(c), for a claim line c of process q, is the earliest moment the claim behind
+it can have committed: c - RESUME, or, when q was paused during [c - RESUME, c], RESUME
+before that pause began (and so on, while pauses chain).
+
+A claim line c_q of another process *supersedes* claim(X) (a claim line c_p of X's
+process) when c_p < c_q, E(c_q) > c_p - S + RESUME and no retry of the run lies between
+E(c_q) and c_p: then q's claim committed after p's.
 
 X is *disturbed* (it may lose its claim in flight for a reason outside durably) when its
 process was frozen during [X.start, X.end], or, during [X.start - S, X.end], its sessions
@@ -37,16 +42,16 @@ A  committed steps never run again. For each completed step in the database, C i
    A-commit-overwritten: an acked execution whose result is not the stored one.
    A-unknown-commit: the stored token belongs to no execution.
 B  one holder at a time.
-   B-stale-start: X's process reached the boundary of X (pre(X)) after a reliable claim
-   line of another process that is later than claim(X): it started a step under a claim
-   that had been superseded before it even reached the step boundary.
+   B-stale-start: X's process reached the boundary of X (pre(X)) after a claim line that
+   supersedes claim(X): it started a step under a claim that had been superseded before
+   it even reached the step boundary.
    B-zombie-commit: the same for an ack, with X.done in place of pre(X) (the commit of X
    began after X.done, and a superseded claim's writes are fenced).
    B-zombie-complete: the same for an end line, with its process's last line for the run
    before it.
-   B-double-claim: two successive claim lines of a run less than S/2 apart, the first
-   reliable, with no cancel/retry of the run between them (a run is reclaimed only once
-   its heartbeat is S old).
+   B-double-claim: two successive claim lines c1, c2 of a run with c2 - E(c1) < S/2 and
+   no retry of the run between them (a run is reclaimed only once its heartbeat is S
+   old).
    B-overlap: two executions of one run overlap in time (the later one started between
    the other's start and end) and the earlier one is not disturbed.
 C  no run lost or stuck, outputs correct. C-lost: a triggered run is not in the database.
@@ -68,13 +73,15 @@ H  harness self-checks (a failure here is a bug of the campaign, not of durably)
 
 Why a correct durably passes (the assumptions, stated once)
 ------------------------------------------------------------
-- Two successive claims of one run are at least S apart (a run is reclaimed only after its
-  heartbeat is S old), unless a cancel/retry lies between them. The campaign uses no
+- Two successive claims of one run commit at least S - RESUME apart (a run is reclaimed
+  only once its heartbeat, set when it was claimed, is S old; a claim's transaction takes
+  less than RESUME), unless a retry lies between them. The campaign uses no
   `stop(timeout)` and no SIGINT, the two other ways a run is released early.
-- A process that is neither frozen nor starved writes its claim line within much less
-  than S, and less than the 0.3 s between a cancel and its retry, after the claim
-  committed. With the first point, a reliable claim line of q later than claim(X) means
-  that q's claim is the newer one, so X's process had lost its claim.
+- A process writes its claim line less than RESUME seconds of running time after the
+  claim committed: so the commit lies after E(line). With the first point: if q's claim
+  committed before p's, then E(c_q) <= commit_q <= commit_p - S + RESUME < c_p - S +
+  RESUME; so a claim line that supersedes claim(X) by the definition above belongs to
+  the newer claim, and X's process had lost its claim.
 - A worker cannot stop the step function in flight when it loses its claim; so overlaps
   and reruns are allowed exactly for disturbed executions (B-overlap), and for steps
   whose result was never committed (A). What durably must not do is start a step, or
@@ -91,14 +98,18 @@ Why a correct durably passes (the assumptions, stated once)
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
+from pathlib import Path
 from typing import Any
 
 PULSE = 0.25  # seconds between two pulse lines of a worker
 STARVED = 0.75  # a longer gap between pulses: the process was not run
+RESUME = 0.5  # a running process writes its claim line within this long of the claim
 _MODULUS = 2_147_483_647
 
 
@@ -206,6 +217,29 @@ class Evidence:
     early: list[Violation] = field(default_factory=list)  # found while running
 
 
+def save_evidence(ev: Evidence, path: Path) -> None:
+    """Write `ev` as JSON, so that the rules can be checked again later (`load_evidence`)."""
+    data = asdict(ev)
+    data["triggered"] = sorted(ev.triggered)
+    data["lines"] = [astuple(line) for line in ev.lines]
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def load_evidence(path: Path) -> Evidence:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return Evidence(
+        stale=data["stale"],
+        lines=[Line(*row) for row in data["lines"]],
+        bad_lines=data["bad_lines"],
+        faults=[Fault(**f) for f in data["faults"]],
+        workers=[WorkerInfo(**w) for w in data["workers"]],
+        runs=[RunState(**{**r, "steps": [tuple(s) for s in r["steps"]]}) for r in data["runs"]],
+        triggered=set(data["triggered"]),
+        stuck=[tuple(s) for s in data["stuck"]],
+        early=[Violation(**v) for v in data["early"]],
+    )
+
+
 @dataclass
 class Execution:
     token: str
@@ -246,7 +280,6 @@ class _Index:
         self.lines_of: dict[tuple[int, str], list[Line]] = defaultdict(list)
         self.werrs: dict[int, list[float]] = defaultdict(list)
         self.pulses: dict[int, list[float]] = defaultdict(list)
-        self.ready: dict[int, float] = {}
         self.execs: dict[str, Execution] = {}
         for line in ev.lines:
             self.times_of_pid[line.pid].append(line.t)
@@ -270,8 +303,6 @@ class _Index:
                 self.werrs[line.pid].append(line.t)
             elif kind == "pulse":
                 self.pulses[line.pid].append(line.t)
-            elif kind == "ready":
-                self.ready[line.pid] = line.t
 
         self.freezes: dict[int, list[tuple[float, float]]] = defaultdict(list)
         self.connkills: dict[int, list[tuple[float, float]]] = defaultdict(list)
@@ -280,7 +311,10 @@ class _Index:
         self.retries: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for f in ev.faults:
             if f.kind in ("freeze", "freeze-probe") and f.pid is not None:
-                self.freezes[f.pid].append((f.t0, f.t1))
+                # until the process is seen running again: SIGCONT sent is not resumed
+                times = self.times_of_pid[f.pid]
+                k = bisect.bisect_left(times, f.t1)
+                self.freezes[f.pid].append((f.t0, times[k] if k < len(times) else f.t1))
             elif f.kind == "connkill" and f.pid is not None:
                 self.connkills[f.pid].append((f.t0, f.t1))
             elif f.kind == "pg-restart":
@@ -312,18 +346,32 @@ class _Index:
     def frozen_during(self, pid: int, a: float, b: float) -> bool:
         return any(_intersects(f0, f1, a, b) for f0, f1 in self.freezes[pid])
 
-    def starved_during(self, pid: int, a: float, b: float) -> bool:
-        return any(_intersects(g0, g1, a, b) for g0, g1 in self.starved[pid])
+    def earliest_commit(self, pid: int, t: float) -> float:
+        """E(t): the earliest moment the claim behind `pid`'s claim line at `t` committed."""
+        lo = t - RESUME
+        pauses = self.freezes[pid] + self.starved[pid]
+        moved = True
+        while moved:
+            moved = False
+            for a, b in pauses:
+                if a <= t and b >= lo and a - RESUME < lo:
+                    lo, moved = a - RESUME, True
+        return lo
 
-    def reliable(self, pid: int, t: float) -> bool:
-        lo = max(t - self.stale, self.ready.get(pid, 0.0))
-        return not self.frozen_during(pid, lo, t) and not self.starved_during(pid, lo, t)
+    def retried_between(self, run: str, a: float, b: float) -> bool:
+        return any(_intersects(r0, r1, a, b) for r0, r1 in self.retries[run])
 
     def superseded(self, pid: int, run: str, own_claim: float, before: float) -> float | None:
-        """The time of a reliable claim line of another process in (own_claim, before)."""
+        """A claim line in (own_claim, before) that supersedes `pid`'s claim at own_claim."""
         for t, other in self.claims[run]:
-            if other != pid and own_claim < t < before and self.reliable(other, t):
-                return t
+            if other == pid or not own_claim < t < before:
+                continue
+            earliest = self.earliest_commit(other, t)
+            if earliest <= own_claim - self.stale + RESUME:
+                continue  # that claim may be the older one, its line written late
+            if self.retried_between(run, earliest, own_claim):
+                continue
+            return t
         return None
 
     def disturbed(self, x: Execution) -> bool:
@@ -465,16 +513,15 @@ def _rule_b(ix: _Index, out: list[Violation]) -> int:
                 )
     for run_id, claims in ix.claims.items():
         for (t1, p1), (t2, p2) in itertools.pairwise(claims):
-            if t2 - t1 >= ix.stale / 2 or not ix.reliable(p1, t1):
-                continue
-            if any(_intersects(r0, r1, t1, t2) for r0, r1 in ix.retries[run_id]):
+            earliest = ix.earliest_commit(p1, t1)
+            if t2 - earliest >= ix.stale / 2 or ix.retried_between(run_id, earliest, t2):
                 continue
             out.append(
                 Violation(
                     "B-double-claim",
                     run_id,
                     "",
-                    f"claimed by pid {p1} at {t1:.6f} and again by pid {p2} "
+                    f"claimed by pid {p1} (line at {t1:.6f}) and again by pid {p2} "
                     f"{t2 - t1:.3f} s later, with no cancel and retry between",
                 )
             )
@@ -587,5 +634,6 @@ def check(ev: Evidence) -> tuple[list[Violation], dict[str, Any]]:
     stats["executions"] = len(ix.execs)
     stats["workers_spawned"] = len(ev.workers)
     stats["starved_gaps"] = len(ix.any_starved)
-    stats["faults"] = dict(sorted(Counter(f.kind for f in ev.faults).items()))
+    kinds = Counter(f.kind for f in ev.faults if f.kind not in ("freeze-probe", "retry"))
+    stats["faults"] = dict(sorted(kinds.items()))
     return list(dict.fromkeys(out)), stats  # one cancel window may flag twice

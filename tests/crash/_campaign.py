@@ -370,6 +370,7 @@ class Campaign:
         self.retries: dict[str, float] = {}  # run id -> monotonic due time
         self.holding: dict[int, set[str]] = defaultdict(set)
         self.ready: set[int] = set()
+        self._used_pids: set[int] = set()
         self.injected: Counter[str] = Counter()
         self._tail_offset = 0
         self._tail_rest = b""
@@ -441,33 +442,36 @@ class Campaign:
         )
         victim = die_in_migrate is not None
         extra = ["--die-in-migrate", f"{die_in_migrate:.4f}"] if victim else []
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-u",
-                str(WORKER_SCRIPT),
-                "--db",
-                self.config.url,
-                "--side-log",
-                str(self.side_path),
-                "--stop-file",
-                str(self.stop_file),
-                "--mode",
-                mode,
-                "--max-concurrent",
-                str(concurrent),
-                "--heartbeat",
-                str(s.heartbeat),
-                "--stale",
-                str(s.stale),
-                "--polling",
-                str(s.polling),
-                *extra,
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        argv = [
+            sys.executable,
+            "-u",
+            str(WORKER_SCRIPT),
+            "--db",
+            self.config.url,
+            "--side-log",
+            str(self.side_path),
+            "--stop-file",
+            str(self.stop_file),
+            "--mode",
+            mode,
+            "--max-concurrent",
+            str(concurrent),
+            "--heartbeat",
+            str(s.heartbeat),
+            "--stale",
+            str(s.stale),
+            "--polling",
+            str(s.polling),
+            *extra,
+        ]
+        while True:
+            proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            if proc.pid not in self._used_pids:
+                break
+            # the side log names processes by pid: a reused one would merge two workers
+            proc.kill()
+            proc.wait()
+        self._used_pids.add(proc.pid)
         worker = _Worker(label, proc, f"{mode}x{concurrent}", victim, log_path, log_file)
         self.workers.append(worker)
         self._fault_log.write(
@@ -743,13 +747,13 @@ class Campaign:
             "migrate-kill": self._fault_migrate_kill,
         }
         kinds = [k for k, w in weights.items() if w > 0 and k in actions]
-        for _ in range(6):
-            if not kinds:
-                return
-            kind = self.rng.choices(kinds, [weights[k] for k in kinds])[0]
-            if actions[kind]():
-                self.injected[kind] += 1
-                return
+        if not kinds:
+            return
+        kind = self.rng.choices(kinds, [weights[k] for k in kinds])[0]
+        if actions[kind]():
+            self.injected[kind] += 1
+        else:
+            # no fallback to another kind: the always-possible ones would crowd the mix
             self._fault_log.write(f"{time.time():.6f} no {kind} possible now\n")
 
     # -- the phases ----------------------------------------------------------------------

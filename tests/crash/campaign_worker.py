@@ -2,10 +2,10 @@
 `python campaign_worker.py --db URL --side-log PATH --stop-file PATH ...`.
 
 It migrates (retrying while the database is away; a `--die-in-migrate` victim kills
-itself inside migrate()), registers the `campaign` job, writes
-its events to the shared side log and works until the stop file exists: in `start` mode
-through `Durably.start()` (then `stop()`), in `loop` mode through `process_until_idle()`
-in the main thread. It exits 0 after a clean stop; the campaign kills it otherwise.
+itself inside migrate()), registers the `campaign` job, writes its events and a pulse to
+the shared side log and works until the stop file exists: in `start` mode through
+`Durably.start()` (then `stop()`), in `loop` mode through `process_until_idle()` in the
+main thread. It exits 0 after a clean stop; the campaign kills it otherwise.
 """
 
 from __future__ import annotations

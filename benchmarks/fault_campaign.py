@@ -28,6 +28,20 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import _campaign  # noqa: E402
 
 
+def _flags(args: argparse.Namespace) -> str:
+    """The options besides backend, seed and length that shaped this campaign."""
+    flags = ""
+    if args.kinds:
+        flags += f" --kinds {args.kinds}"
+    if args.keep_schema:
+        flags += " --keep-schema"
+    if args.workers != 3:
+        flags += f" --workers {args.workers}"
+    if args.pg_restart:
+        flags += " --pg-restart"
+    return flags
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faults", type=int, default=200, help="faults per backend")
@@ -100,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(result.summary(limit=args.show), flush=True)
         if not result.ok:
             replay = _campaign.reproduce_command(backend, seed, config.faults, args.seconds)
-            print(f"  replay: {replay}")
+            print(f"  replay: {replay}{_flags(args)}")
         results.append(result)
     print()
     print(_campaign.figures(results))

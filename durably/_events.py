@@ -8,7 +8,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Coroutine
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -348,11 +348,3 @@ class EventEmitter:
             except Exception:
                 logger.exception("on_error handler raised while handling %s", event.type)
 
-
-def event_as_dict(event: BaseEvent) -> dict[str, Any]:
-    """A shallow dict of an event's fields, Progress turned into a dict too."""
-    data = event.to_dict()
-    progress = data.get("progress")
-    if isinstance(progress, Progress):
-        data["progress"] = asdict(progress)
-    return data

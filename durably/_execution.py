@@ -102,6 +102,9 @@ class RunExecution:
     def vouch(self) -> None:
         self.lease.vouch()
 
+    def late(self) -> bool:
+        return self.lease.late() or self.lease.interruption() is not None
+
     def step_started(self, index: int, name: str) -> str:
         self.current_step = name
         self._rt.events.emit(

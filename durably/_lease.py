@@ -69,6 +69,11 @@ class Lease:
         settings = self._rt.settings
         return self.confirmed + settings.stale_threshold - settings.heartbeat_interval
 
+    def late(self) -> bool:
+        """Whether this process can no longer vouch for the lease without asking (it may
+        have been frozen): checked last before a step function starts, at no cost."""
+        return self._rt.clock.monotonic() > self.deadline
+
     def interruption(self) -> Interruption | None:
         """Why the run must stop, as far as this process knows without asking."""
         if self.cancel_requested:

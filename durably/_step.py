@@ -49,6 +49,10 @@ class StepHost(Protocol):
         """Before a step function runs: the run must still be this worker's."""
         ...
 
+    def late(self) -> bool:
+        """Whether `vouch` must run again (a deadline passed, or a stop was asked for)."""
+        ...
+
     def step_started(self, index: int, name: str) -> str: ...
 
     def step_completed(
@@ -204,6 +208,8 @@ class StepContext(_StepCore):
         host.vouch()
         started = host.step_started(index, name)
         try:
+            if host.late():  # frozen, or slow listeners, since the check: check again
+                host.vouch()
             text, value = self._result(name, tp, fn(*args))
         except BaseException as exc:
             host.step_ended()
@@ -229,6 +235,8 @@ class AsyncStepContext(_StepCore):
         await asyncio.to_thread(host.vouch)
         started = host.step_started(index, name)
         try:
+            if host.late():  # the loop stalled, or slow listeners, since the check
+                await asyncio.to_thread(host.vouch)
             result = fn(*args)
             if inspect.isawaitable(result):
                 result = await result

@@ -8,8 +8,10 @@ process ran which step body, and which process's logs were stored.
 
 Marker line: `<kind> <run_id> <step> <pid> <time.time()>`; `-` when a field does not apply.
 
-Options that make a run stop where the test wants it (both wait for --release-file):
+Options that make a run stop where the test wants it (all wait for --release-file):
   --gate-before STEP   wait in the job function, outside any step, before STEP
+  --hold-at-start STEP wait in a `step:start` listener of STEP: after the worker checked
+                       its lease for the step, before the step body starts
   --block STEP         wait inside the body of STEP
 
 Modes: `one` runs process_one() once; `loop` runs process_until_idle() until no run is
@@ -40,6 +42,7 @@ class StepsInput(BaseModel):
 
 class _Config:
     gate_before: str | None = None
+    hold_at_start: str | None = None
     block: str | None = None
     release_file: Path | None = None
     markers: Any = None
@@ -76,6 +79,12 @@ def _body(step: StepContext, name: str) -> Any:
     return work
 
 
+def _hold_at_start(event: Any) -> None:
+    if event.step_name == CONFIG.hold_at_start:
+        mark("holding", event.run_id, event.step_name)
+        _wait_for_release()
+
+
 def steps_job_fn(step: StepContext, payload: StepsInput) -> None:
     step.log.info("start")
     for number in range(1, payload.steps + 1):
@@ -95,6 +104,7 @@ def main() -> int:
     parser.add_argument("--markers", required=True, type=Path)
     parser.add_argument("--mode", choices=["one", "loop"], default="loop")
     parser.add_argument("--gate-before")
+    parser.add_argument("--hold-at-start")
     parser.add_argument("--block")
     parser.add_argument("--release-file", type=Path)
     parser.add_argument("--heartbeat", type=float, default=0.2)
@@ -103,6 +113,7 @@ def main() -> int:
     args = parser.parse_args()
     CONFIG.markers = open(args.markers, "a", encoding="utf-8")  # noqa: SIM115 - process-long
     CONFIG.gate_before = args.gate_before
+    CONFIG.hold_at_start = args.hold_at_start
     CONFIG.block = args.block
     CONFIG.release_file = args.release_file
 
@@ -117,6 +128,7 @@ def main() -> int:
             durably.use(with_log_persistence())
         durably.register({"steps": steps_job})
         durably.on("run:start", lambda e: mark("event:run:start", e.run_id))
+        durably.on("step:start", _hold_at_start)
         mark("ready")
         if args.mode == "one":
             mark(f"process_one-returned-{durably.process_one()}")

@@ -267,6 +267,33 @@ def test_thawed_worker_does_not_start_a_step_of_a_run_taken_over(
     assert _completed(app, run.id)
 
 
+def test_worker_frozen_after_checking_its_lease_does_not_start_the_step_once_thawed(
+    workers: Workers, app: Durably
+) -> None:
+    """A checked its lease for step 2 and is frozen before the body starts (here: in a
+    step:start listener); B takes over and completes the run. Thawed, A is past its local
+    deadline: it must check again, and not run step 2's body (the fault campaign found it)."""
+    release = workers.dir / "release-a"
+    run = app.jobs.steps.trigger({"steps": 3})
+    a = workers.spawn(
+        "a", "--mode", "one", "--hold-at-start", "step-2", "--release-file", str(release)
+    )
+    workers.wait_until(lambda: workers.has("holding", "step-2", "a"), "a holds at step-2")
+    workers.freeze(a)
+    try:
+        workers.spawn("b", "--mode", "loop", "--stale", str(STALE))
+        assert workers.wait_exit("b") == 0, workers.report()
+        assert _completed(app, run.id), workers.report()
+    finally:
+        release.touch()
+        a.send_signal(signal.SIGCONT)
+    assert workers.wait_exit("a") == 0, workers.report()
+
+    assert _starts(workers.markers("a"), run.id) == ["step-1"], workers.report()
+    assert _starts(workers.markers("b"), run.id) == ["step-2", "step-3"]
+    assert _completed(app, run.id)
+
+
 def test_worker_thawed_inside_the_first_step_of_a_run_taken_over_stores_nothing(
     workers: Workers, app: Durably
 ) -> None:

@@ -249,6 +249,7 @@ class RunExecution:
             except Exception as exc:
                 raise StoreFailure(exc) from exc
             self._replays_left = len(self.completed)
+        self._rt.announcements.wait(lease.run_id)  # its run:trigger/run:retry goes first
         self._rt.events.emit(
             "run:start", run_id=lease.run_id, job_name=lease.job_name, payload=lease.claim.payload
         )

@@ -43,21 +43,23 @@ class RunOperations:
 
     def create(self, new_runs: Sequence[NewRun]) -> list[Run]:
         """Store pending runs (all or nothing), emit run:trigger for the new ones."""
-        results = self._rt.store.runs.create_runs(new_runs)
         created = False
-        for run, is_new in results:
-            if is_new:
-                created = True
-                self._rt.events.emit(
-                    "run:trigger", run_id=run.id, job_name=run.job_name, payload=run.payload
-                )
+        with self._rt.announcements.announcing(new.id for new in new_runs):
+            results = self._rt.store.runs.create_runs(new_runs)
+            for run, is_new in results:
+                if is_new:
+                    created = True
+                    self._rt.events.emit(
+                        "run:trigger", run_id=run.id, job_name=run.job_name, payload=run.payload
+                    )
         if created:
             self._wake()
         return [run for run, _ in results]
 
     def retry(self, run_id: str) -> None:
-        job_name = self._rt.store.runs.retry(check_name("run id", run_id))
-        self._rt.events.emit("run:retry", run_id=run_id, job_name=job_name)
+        with self._rt.announcements.announcing([check_name("run id", run_id)]):
+            job_name = self._rt.store.runs.retry(run_id)
+            self._rt.events.emit("run:retry", run_id=run_id, job_name=job_name)
         self._wake()
 
     def cancel(self, run_id: str) -> None:

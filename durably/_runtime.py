@@ -7,7 +7,9 @@ the `Durably` facade, so each names what it uses and nothing reaches into the fa
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._clock import Clock
@@ -99,6 +101,36 @@ class JobRegistry:
         return self._definitions[name]
 
 
+class Announcements:
+    """Keeps one run's events in order across threads: a worker that claims a run the
+    moment its trigger or retry commits waits to emit `run:start` until that
+    `run:trigger` / `run:retry` was emitted (listeners see a run's events in order)."""
+
+    def __init__(self) -> None:
+        self._pending: set[str] = set()
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def announcing(self, run_ids: Iterable[str]) -> Iterator[None]:
+        """Around the commit that makes `run_ids` claimable and the events that say so."""
+        ids = set(run_ids)
+        with self._cond:
+            self._pending |= ids
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._pending -= ids
+                self._cond.notify_all()
+
+    def wait(self, run_id: str) -> None:
+        """Return once no announcement of `run_id` is under way (at once, nearly always)."""
+        if run_id not in self._pending:
+            return
+        with self._cond:
+            self._cond.wait_for(lambda: run_id not in self._pending, timeout=60)
+
+
 @dataclass
 class Runtime:
     """What the parts of one instance share."""
@@ -110,3 +142,4 @@ class Runtime:
     jobs: JobRegistry
     # set by `with_log_persistence`: a run's execution stores its `step.log` lines
     persist_logs: bool = False
+    announcements: Announcements = field(default_factory=Announcements)

@@ -362,3 +362,31 @@ def test_steps_are_persisted_with_outputs_in_index_order(durably: Durably) -> No
         assert s.run_id == run.id and s.status == "completed" and s.error is None
         assert s.started_at.tzinfo is not None
         assert s.completed_at is not None and s.completed_at >= s.started_at
+
+
+def test_step_run_passes_its_extra_arguments_to_fn_sync_and_async(durably: Durably) -> None:
+    import asyncio
+
+    from durably import AsyncStepContext
+
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    async def mul(a: int, b: int) -> int:
+        await asyncio.sleep(0)
+        return a * b
+
+    @define_job(name="args-sync")
+    def sync_job(step: StepContext, payload: Any) -> list[int]:
+        return [step.run(f"add-{i}", add, i, 10) for i in range(3)]
+
+    @define_job(name="args-async")
+    async def async_job(step: AsyncStepContext, payload: Any) -> list[int]:
+        return [await step.run(f"mul-{i}", mul, i, 10) for i in range(3)]
+
+    durably.register({"s": sync_job, "a": async_job})
+    s = durably.jobs.s.trigger({})
+    a = durably.jobs.a.trigger({})
+    assert durably.process_until_idle() == 2
+    assert durably.get_run(s.id).output == [10, 11, 12]  # type: ignore[union-attr]
+    assert durably.get_run(a.id).output == [0, 10, 20]  # type: ignore[union-attr]

@@ -26,6 +26,21 @@ class InputValidationError(DurablyError, ValueError):
         self.errors: list[Any] = errors or []
 
 
+class PayloadTooLargeError(InputValidationError):
+    """A payload is bigger than the instance's `max_payload_bytes`; nothing was written.
+
+    Over HTTP it answers 413.
+    """
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{what} is {size} bytes as JSON; at most {limit} are accepted (max_payload_bytes)",
+            [{"type": "too_large", "msg": f"at most {limit} bytes", "size": size}],
+        )
+        self.size = size
+        self.limit = limit
+
+
 class RunNotFoundError(DurablyError, LookupError):
     """No run has the given id."""
 

@@ -34,6 +34,7 @@ from ._errors import (
     RunFailedError,
     RunNotFoundError,
     StepSerializationError,
+    StoreError,
     WaitTimeoutError,
 )
 from ._events import (
@@ -106,6 +107,7 @@ __all__ = [
     "StepRecord",
     "StepSerializationError",
     "StepStartEvent",
+    "StoreError",
     "SystemClock",
     "TriggerResult",
     "WaitTimeoutError",

@@ -20,7 +20,7 @@ from ._lease import LeaseKeeper
 from ._migrate import AlembicMigrator
 from ._records import LogEntry, Run, RunStatus, StepRecord
 from ._runs import RunOperations, check_count
-from ._runtime import JobRegistry, Runtime, Settings
+from ._runtime import DEFAULT_MAX_PAYLOAD_BYTES, JobRegistry, Runtime, Settings
 from ._store import Store
 from ._text import check_name
 from ._worker import Worker
@@ -43,6 +43,7 @@ class Durably:
         heartbeat_interval: float = 5.0,
         stale_threshold: float = 30.0,
         max_concurrent_runs: int = 1,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         clock: Clock | None = None,
     ) -> None:
         settings = Settings.validated(
@@ -50,11 +51,13 @@ class Durably:
             heartbeat_interval=heartbeat_interval,
             stale_threshold=stale_threshold,
             max_concurrent_runs=max_concurrent_runs,
+            max_payload_bytes=max_payload_bytes,
         )
         self.polling_interval = settings.polling_interval
         self.heartbeat_interval = settings.heartbeat_interval
         self.stale_threshold = settings.stale_threshold
         self.max_concurrent_runs = settings.max_concurrent_runs
+        self.max_payload_bytes = settings.max_payload_bytes
         self.dialect = dialect
         self._clock: Clock = clock or SystemClock()
         self._events = EventEmitter(self._clock)
@@ -179,7 +182,8 @@ class Durably:
     def process_one(self) -> bool:
         """Claim and execute at most one run in the calling thread; True if one ran."""
         self._check_open()
-        lease = self._keeper.claim()
+        with self._runtime.store.db.errors():
+            lease = self._keeper.claim()
         if lease is None:
             return False
         self._worker.execute(lease)
@@ -192,7 +196,9 @@ class Durably:
         lease = None
         while max_runs is None or count < max_runs:
             self._check_open()
-            lease = lease or self._keeper.claim()
+            if lease is None:
+                with self._runtime.store.db.errors():
+                    lease = self._keeper.claim()
             if lease is None:
                 break
             count += 1
@@ -203,7 +209,8 @@ class Durably:
     async def process_one_async(self) -> bool:
         """`process_one` on the running loop: async jobs run here, sync jobs in a thread."""
         self._check_open()
-        lease = await asyncio.to_thread(self._keeper.claim)
+        with self._runtime.store.db.errors():
+            lease = await asyncio.to_thread(self._keeper.claim)
         if lease is None:
             return False
         await self._worker.execute_async(lease)
@@ -356,15 +363,22 @@ def create_durably(
     heartbeat_interval: float = 5.0,
     stale_threshold: float = 30.0,
     max_concurrent_runs: int = 1,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     clock: Clock | None = None,
 ) -> Durably:
-    """Create a Durably instance on a database URL (or a ready Dialect instance)."""
+    """Create a Durably instance on a database URL (or a ready Dialect instance).
+
+    `max_payload_bytes` bounds every JSON value stored (a trigger's input, a step's
+    result, a job's output) in UTF-8 bytes, so that no backend is asked for more than it
+    takes in one statement.
+    """
     return Durably(
         as_dialect(database),
         polling_interval=polling_interval,
         heartbeat_interval=heartbeat_interval,
         stale_threshold=stale_threshold,
         max_concurrent_runs=max_concurrent_runs,
+        max_payload_bytes=max_payload_bytes,
         clock=clock,
     )
 

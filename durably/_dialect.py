@@ -112,6 +112,10 @@ class Dialect(Protocol):
       stamped, and staleness judged, in SQL by that clock instead of each machine's.
     - `is_transient(exc) -> bool`: whether `exc` means the transaction lost a deadlock, a
       serialisation conflict or a lock wait and was rolled back; the store runs it again.
+    - `error_kind(exc) -> str | None`: what a failure means for the user:
+      `"missing_schema"` (durably's tables are not there: run `migrate()` first),
+      `"storage_full"`, `"too_large"` (a statement over the server's size limit), or None.
+      The public API turns it into a `StoreError` with a message that says so.
     """
 
     url: str

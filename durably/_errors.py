@@ -108,6 +108,13 @@ class DialectNotFoundError(DurablyError, ValueError):
     """No installed dialect handles a database URL (or its driver is missing)."""
 
 
+class StoreError(DurablyError):
+    """The database failed an operation: durably's tables are missing (run `migrate()`
+    first), the disk is full, a statement is over the server's size limit, or another
+    database error. The driver's exception is attached as `__cause__`.
+    """
+
+
 class MigrationError(DurablyError):
     """Running durably's migrations failed."""
 

@@ -347,4 +347,3 @@ class EventEmitter:
                 handler(exc, event)
             except Exception:
                 logger.exception("on_error handler raised while handling %s", event.type)
-

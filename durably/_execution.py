@@ -25,7 +25,7 @@ from ._records import LogEntry
 from ._runtime import Runtime
 from ._step import MISSING, AsyncStepContext, StepContext
 from ._store import Complete, Fail, Final, Release, dumps
-from ._text import check_name, clean_message
+from ._text import check_name, check_size, clean_message
 
 logger = logging.getLogger("durably.worker")
 
@@ -78,6 +78,10 @@ class RunExecution:
     @property
     def job_name(self) -> str:
         return self.lease.job_name
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self._rt.settings.max_payload_bytes
 
     # -- the StepHost protocol ---------------------------------------------------------
 
@@ -292,6 +296,7 @@ class RunExecution:
             output = self.job.validate_output(result)
             output_json = self.job.dump_output(output)
             text = dumps(output_json)
+            check_size(f"the output of job {self.job_name!r}", text, self.max_payload_bytes)
         except (ValidationError, ValueError, TypeError) as exc:
             message = f"invalid output of job {self.job_name!r}: {describe(exc)}"
             return Conclusion(Fail(clean_message(message), None))

@@ -7,13 +7,18 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
-from ._errors import InputValidationError, RunCancelledError, RunFailedError
+from ._errors import (
+    InputValidationError,
+    PayloadTooLargeError,
+    RunCancelledError,
+    RunFailedError,
+)
 from ._ids import new_ulid
 from ._jobs import JobDefinition
 from ._records import BatchItem, Run, RunStatus, TriggerResult
 from ._runs import RunOperations
-from ._store import NewRun, dumps
-from ._text import check_name
+from ._store import NewRun
+from ._text import check_name, check_size
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
@@ -56,10 +61,12 @@ class JobHandle(Generic[I, O]):
         self, item: Any, idempotency_key: str | None, concurrency_key: str | None
     ) -> NewRun:
         value = self.definition.validate_input(item)
+        payload_json = self.definition.input_json(value)
+        check_size(f"the input of job {self.name!r}", payload_json, self._runs.max_payload_bytes)
         return NewRun(
             id=new_ulid(),
             job_name=self.name,
-            payload_json=dumps(self.definition.dump_input(value)),
+            payload_json=payload_json,
             idempotency_key=_check_key("idempotency_key", idempotency_key),
             concurrency_key=_check_key("concurrency_key", concurrency_key),
         )
@@ -86,6 +93,9 @@ class JobHandle(Generic[I, O]):
                     )
                 else:
                     new_runs.append(self._new_run(item, None, None))
+            except PayloadTooLargeError as exc:
+                what = f"batch item {position}: the input of job {self.name!r}"
+                raise PayloadTooLargeError(what, exc.size, exc.limit) from exc
             except InputValidationError as exc:
                 raise InputValidationError(f"batch item {position}: {exc}", exc.errors) from exc
         if not new_runs:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
 
 from pydantic import TypeAdapter, ValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic_core import PydanticSerializationError, to_json
 
 from ._errors import DurablyError, InputValidationError
 from ._text import name_problem
@@ -51,6 +51,17 @@ class JobDefinition(Generic[I, O]):
         """The JSON form of a validated payload, as stored."""
         try:
             return self.input_adapter.dump_python(value, mode="json")
+        except (PydanticSerializationError, ValueError, TypeError) as exc:
+            raise InputValidationError(
+                f"input for job {self.name!r} cannot be stored as JSON: {exc}",
+                [{"type": "serialization", "msg": str(exc)}],
+            ) from exc
+
+    def input_json(self, value: Any) -> str:
+        """The stored JSON text of a validated payload."""
+        data = self.dump_input(value)
+        try:
+            return to_json(data).decode()
         except (PydanticSerializationError, ValueError, TypeError) as exc:
             raise InputValidationError(
                 f"input for job {self.name!r} cannot be stored as JSON: {exc}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, InputValidationError
 from ._lease import LeaseKeeper
 from ._records import RUN_STATUSES, LogEntry, Run, RunStatus, StepRecord
 from ._runtime import Runtime
@@ -21,10 +21,14 @@ def _as_list(value: str | Sequence[str] | None, what: str) -> list[str] | None:
         return None
     if isinstance(value, str):
         return [value]
+    if not isinstance(value, Sequence) or isinstance(value, (bytes, bytearray)):
+        raise InputValidationError(f"{what} must be a string or a list of strings, got {value!r}")
     values = list(value)
     for v in values:
         if not isinstance(v, str):
-            raise TypeError(f"{what} must be a string or a list of strings, got {v!r}")
+            raise InputValidationError(
+                f"{what} must be a string or a list of strings, got {v!r} in {value!r}"
+            )
     return values
 
 
@@ -41,11 +45,17 @@ class RunOperations:
         self._keeper = keeper
         self._wake = wake
 
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest JSON value, in UTF-8 bytes, that the instance stores."""
+        return self._rt.settings.max_payload_bytes
+
     def create(self, new_runs: Sequence[NewRun]) -> list[Run]:
         """Store pending runs (all or nothing), emit run:trigger for the new ones."""
         created = False
         with self._rt.announcements.announcing(new.id for new in new_runs):
-            results = self._rt.store.runs.create_runs(new_runs)
+            with self._rt.store.db.errors():
+                results = self._rt.store.runs.create_runs(new_runs)
             for run, is_new in results:
                 if is_new:
                     created = True
@@ -58,22 +68,26 @@ class RunOperations:
 
     def retry(self, run_id: str) -> None:
         with self._rt.announcements.announcing([check_name("run id", run_id)]):
-            job_name = self._rt.store.runs.retry(run_id)
+            with self._rt.store.db.errors():
+                job_name = self._rt.store.runs.retry(run_id)
             self._rt.events.emit("run:retry", run_id=run_id, job_name=job_name)
         self._wake()
 
     def cancel(self, run_id: str) -> None:
-        job_name = self._rt.store.runs.cancel(check_name("run id", run_id))
+        with self._rt.store.db.errors():
+            job_name = self._rt.store.runs.cancel(check_name("run id", run_id))
         lease = self._keeper.active(run_id)
         if lease is not None:
             lease.cancel_requested = True
         self._rt.events.emit("run:cancel", run_id=run_id, job_name=job_name)
 
     def delete(self, run_id: str) -> None:
-        self._rt.store.runs.delete_run(check_name("run id", run_id))
+        with self._rt.store.db.errors():
+            self._rt.store.runs.delete_run(check_name("run id", run_id))
 
     def get(self, run_id: str) -> Run | None:
-        return self._rt.store.reads.get_run(check_name("run id", run_id))
+        with self._rt.store.db.errors():
+            return self._rt.store.reads.get_run(check_name("run id", run_id))
 
     def query(
         self,
@@ -94,15 +108,19 @@ class RunOperations:
             check_name("job name", name)
         check_count("limit", limit)
         check_count("offset", offset)
-        return self._rt.store.reads.get_runs(
-            job_names=job_names, statuses=statuses, limit=limit, offset=offset
-        )
+        with self._rt.store.db.errors():
+            return self._rt.store.reads.get_runs(
+                job_names=job_names, statuses=statuses, limit=limit, offset=offset
+            )
 
     def steps(self, run_id: str) -> list[StepRecord]:
-        return self._rt.store.reads.get_steps(check_name("run id", run_id))
+        with self._rt.store.db.errors():
+            return self._rt.store.reads.get_steps(check_name("run id", run_id))
 
     def count_steps(self, run_id: str) -> int:
-        return self._rt.store.reads.count_steps(check_name("run id", run_id))
+        with self._rt.store.db.errors():
+            return self._rt.store.reads.count_steps(check_name("run id", run_id))
 
     def logs(self, run_id: str) -> list[LogEntry]:
-        return self._rt.store.reads.get_logs(check_name("run id", run_id))
+        with self._rt.store.db.errors():
+            return self._rt.store.reads.get_logs(check_name("run id", run_id))

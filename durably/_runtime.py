@@ -31,6 +31,11 @@ def _seconds(name: str, value: Any) -> float:
     return float(value)
 
 
+# what one stored JSON value (a payload, a step result, an output) may weigh: well under
+# MySQL/MariaDB's default max_allowed_packet (16 MiB), which bounds one whole statement
+DEFAULT_MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Settings:
     """The timing and concurrency options of `create_durably`, validated."""
@@ -39,6 +44,7 @@ class Settings:
     heartbeat_interval: float = 5.0
     stale_threshold: float = 30.0
     max_concurrent_runs: int = 1
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
     @classmethod
     def validated(
@@ -48,6 +54,7 @@ class Settings:
         heartbeat_interval: Any,
         stale_threshold: Any,
         max_concurrent_runs: Any,
+        max_payload_bytes: Any = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> Settings:
         polling = _seconds("polling_interval", polling_interval)
         heartbeat = _seconds("heartbeat_interval", heartbeat_interval)
@@ -67,7 +74,15 @@ class Settings:
             raise ConfigurationError(
                 f"max_concurrent_runs must be a positive integer, got {max_concurrent_runs!r}"
             )
-        return cls(polling, heartbeat, stale, max_concurrent_runs)
+        if (
+            isinstance(max_payload_bytes, bool)
+            or not isinstance(max_payload_bytes, int)
+            or max_payload_bytes < 1
+        ):
+            raise ConfigurationError(
+                f"max_payload_bytes must be a positive integer, got {max_payload_bytes!r}"
+            )
+        return cls(polling, heartbeat, stale, max_concurrent_runs, max_payload_bytes)
 
 
 class JobRegistry:

@@ -19,6 +19,7 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from ._errors import StepSerializationError
 from ._events import Progress
+from ._text import json_size
 
 T = TypeVar("T")
 
@@ -40,6 +41,11 @@ class StepHost(Protocol):
 
     @property
     def next_index(self) -> int: ...
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest step result, as JSON in UTF-8 bytes, that may be stored."""
+        ...
 
     def begin_step(self, name: str) -> tuple[int, Any]:
         """Check the boundary and the name; (index, stored output JSON or MISSING)."""
@@ -107,7 +113,7 @@ def _return_type(fn: Callable[..., Any]) -> Any:
     return hint
 
 
-def _to_json(name: str, result: Any) -> tuple[str, Any]:
+def _to_json(name: str, result: Any, limit: int) -> tuple[str, Any]:
     """The stored text of a step result, and the value a replay would return."""
     try:
         text = to_json(result).decode()
@@ -117,6 +123,12 @@ def _to_json(name: str, result: Any) -> tuple[str, Any]:
             f"which cannot be stored as JSON ({exc}); return JSON-compatible data, a "
             "pydantic model or a dataclass"
         ) from exc
+    size = json_size(text, limit)
+    if size is not None:
+        raise StepSerializationError(
+            f"step {name!r} returned {size} bytes of JSON; at most {limit} are stored "
+            "(max_payload_bytes): store large data elsewhere and return a reference"
+        )
     if result is None or type(result) in _JSON_IDENTITY:
         return text, result
     return text, json.loads(text)
@@ -184,7 +196,7 @@ class _StepCore:
         return index, tp, value
 
     def _result(self, name: str, tp: Any, result: Any) -> tuple[str, Any]:
-        text, value = _to_json(name, result)
+        text, value = _to_json(name, result, self._host.max_payload_bytes)
         if tp is not MISSING:
             value = _adapter(tp).validate_python(value)
         return text, value

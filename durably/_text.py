@@ -8,7 +8,7 @@ documented limit instead, so they can never keep a run from being written.
 
 from __future__ import annotations
 
-from ._errors import InputValidationError
+from ._errors import InputValidationError, PayloadTooLargeError
 
 # what a VARCHAR(255) holds on every backend (PostgreSQL and MySQL count characters)
 MAX_NAME = 255
@@ -54,4 +54,23 @@ def clean_message(text: str, limit: int = MAX_MESSAGE) -> str:
         text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if len(text) > limit:
         text = f"{text[:limit]}... [{len(text) - limit} more characters]"
+    return text
+
+
+def json_size(text: str, limit: int) -> int | None:
+    """The UTF-8 size of JSON `text` when it is over `limit` bytes, else None.
+
+    Counting characters first keeps the common small value from being encoded.
+    """
+    if len(text) * 4 <= limit:
+        return None
+    size = len(text.encode("utf-8", "surrogatepass"))
+    return size if size > limit else None
+
+
+def check_size(what: str, text: str, limit: int) -> str:
+    """`text` if it is at most `limit` UTF-8 bytes, else `PayloadTooLargeError`."""
+    size = json_size(text, limit)
+    if size is not None:
+        raise PayloadTooLargeError(what, size, limit)
     return text

@@ -24,6 +24,8 @@ from sqlalchemy.engine import make_url
 
 from durably import DialectNotFoundError, Result, hookimpl
 
+from .sqlite3 import sqlite_error_kind
+
 # extra that installs the driver a URL needs, by SQLAlchemy backend name
 _EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 _LOCK_NAME = "durably_migrate"
@@ -34,6 +36,17 @@ _PG_LOCK_KEY = zlib.crc32(_LOCK_NAME.encode())
 _PG_RETRYABLE = ("40P01", "40001")
 # deadlock, lock wait timeout
 _MYSQL_RETRYABLE = (1213, 1205)
+# what an error means for the user (the Dialect's `error_kind`), by SQLSTATE / error code
+_PG_KINDS = {"42P01": "missing_schema", "53100": "storage_full", "54000": "too_large"}
+_MYSQL_KINDS = {
+    1146: "missing_schema",  # ER_NO_SUCH_TABLE
+    1114: "storage_full",  # ER_RECORD_FILE_FULL
+    1021: "storage_full",  # ER_DISK_FULL
+    1153: "too_large",  # ER_NET_PACKET_TOO_LARGE
+}
+# the server closed the connection; after a statement over max_allowed_packet it does so
+# without a word (the client is still sending when the server hangs up)
+_MYSQL_GONE = (2006, 2013)
 
 
 def sqlite3_version() -> tuple[int, ...]:
@@ -57,6 +70,17 @@ class _Conn:
 
     def executemany(self, sql: str, params: Sequence[Any]) -> None:
         self._conn.exec_driver_sql(sql, list(params))
+
+
+def _text_size(params: Any) -> int:
+    """Characters of text in a statement's parameters (one row or many)."""
+    if isinstance(params, (str, bytes)):
+        return len(params)
+    if isinstance(params, dict):
+        params = params.values()
+    if isinstance(params, (list, tuple)) or hasattr(params, "__iter__"):
+        return sum(_text_size(p) for p in params)
+    return 0
 
 
 class SqlAlchemyDialect:
@@ -111,6 +135,44 @@ class SqlAlchemyDialect:
             args = getattr(orig, "args", ())
             return bool(args) and args[0] in _MYSQL_RETRYABLE
         return False
+
+    def error_kind(self, exc: BaseException) -> str | None:
+        """What `exc` means for the user: no tables yet, a full disk, a statement too big."""
+        orig = getattr(exc, "orig", None)
+        if orig is None:
+            return None
+        if self.backend == "postgresql":
+            return _PG_KINDS.get(getattr(orig, "sqlstate", None) or "")
+        if self.backend in ("mysql", "mariadb"):
+            args = getattr(orig, "args", ())
+            code = args[0] if args else None
+            if code in _MYSQL_GONE and self._over_packet_limit(exc):
+                return "too_large"
+            return _MYSQL_KINDS.get(code) if isinstance(code, int) else None
+        if self.backend == "sqlite":
+            return sqlite_error_kind(orig)
+        return None
+
+    def _over_packet_limit(self, exc: BaseException) -> bool:
+        """Whether the failed statement's parameters alone exceed max_allowed_packet.
+
+        The statement's own error may be hidden behind the rollback's that followed it
+        (the connection was gone for both): the chain of causes is searched.
+        """
+        chain: list[BaseException] = []
+        error: BaseException | None = exc
+        while error is not None and len(chain) < 5:
+            chain.append(error)
+            error = error.__cause__ or error.__context__
+        size = max(_text_size(getattr(e, "params", None)) for e in chain)
+        if size < 1024 * 1024:
+            return False  # a lost connection, not a big statement: no need to ask the server
+        try:
+            with self.engine.connect() as conn:
+                limit = conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
+        except Exception:
+            return False
+        return isinstance(limit, int) and size >= limit
 
     def _setup_sqlite(self) -> None:
         @sa.event.listens_for(self.engine, "connect")

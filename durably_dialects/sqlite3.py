@@ -85,6 +85,20 @@ class _Conn:
         self._raw.executemany(sql, params)
 
 
+def sqlite_error_kind(exc: BaseException) -> str | None:
+    """The Dialect's `error_kind` for an error of the stdlib sqlite3 module."""
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return "storage_full"
+    if code == sqlite3.SQLITE_TOOBIG:
+        return "too_large"
+    if "no such table" in str(exc):
+        return "missing_schema"
+    return None
+
+
 class SqliteDialect:
     """durably's Dialect over the stdlib sqlite3 module."""
 
@@ -119,6 +133,9 @@ class SqliteDialect:
                 raise ConfigurationError(f"directory {directory!r} for {url!r} does not exist")
             self._lock = _lock_for(path)
             self._shared = None
+
+    def error_kind(self, exc: BaseException) -> str | None:
+        return sqlite_error_kind(exc)
 
     def _open(self, target: str) -> sqlite3.Connection:
         raw = sqlite3.connect(

@@ -10,7 +10,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,8 @@ import sqlalchemy as sa
 from pydantic_core import to_json
 
 from .._clock import Clock, from_db, to_db
-from .._dialect import Connection, Dialect
+from .._dialect import Connection, Dialect, redact_url
+from .._errors import DurablyError, StoreError
 from .._events import Progress
 from .._records import LogEntry, Run, StepRecord
 from .._schema import logs, runs, steps
@@ -89,6 +91,9 @@ class Db:
             dialect, "is_transient", None
         )
         self.database_clock = bool(getattr(dialect, "database_clock", False))
+        self._error_kind: Callable[[BaseException], str | None] | None = getattr(
+            dialect, "error_kind", None
+        )
         self._cache: dict[Hashable, Sql] = {}
         # the real clock formats its own timestamps at half the cost (every step stamps twice)
         self.now: Callable[[], str] = getattr(clock, "now_db", None) or (lambda: to_db(clock.now()))
@@ -125,6 +130,40 @@ class Db:
     def transient(self, exc: BaseException) -> bool:
         return self._is_transient is not None and self._is_transient(exc)
 
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """Database failures as `StoreError`s: what the public API lets through."""
+        try:
+            yield
+        except Exception as exc:
+            if isinstance(exc, DurablyError) and not isinstance(exc, StoreError):
+                raise  # durably's own verdict (a bad id, a wrong state)
+            error = self.store_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def store_error(self, exc: Exception) -> Exception:
+        """The `StoreError` that says what `exc` means for the user (`exc` if it says it)."""
+        kind = self._error_kind(exc) if self._error_kind is not None else None
+        where = redact_url(str(getattr(self.dialect, "url", "the database")))
+        if kind == "missing_schema":
+            return StoreError(
+                f"durably's tables are not in {where}: run migrate() first "
+                f"(on the command line: `durably migrate {where}`)"
+            )
+        if kind == "storage_full":
+            return StoreError(f"the database {where} is full, nothing was written: {_first(exc)}")
+        if kind == "too_large":
+            return StoreError(
+                "a statement was larger than the database server accepts (MySQL/MariaDB: "
+                "max_allowed_packet); nothing was written. Lower max_payload_bytes, or raise "
+                f"the server's limit: {_first(exc)}"
+            )
+        if isinstance(exc, StoreError):
+            return exc
+        return StoreError(f"the database {where} failed: {_first(exc)}")
+
     # -- the clock that decides staleness ----------------------------------------------
 
     def heartbeat_value(self) -> Any:
@@ -144,6 +183,13 @@ class Db:
         else:
             now = self.clock.now()
         return to_db(now - timedelta(seconds=threshold))
+
+
+def _first(exc: BaseException) -> str:
+    """The first line of an error, short: SQLAlchemy appends the SQL and its parameters."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    text = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 def status_in(*statuses: str) -> sa.ColumnElement[bool]:

@@ -276,8 +276,7 @@ class Claims:
 
         def body(conn: Connection) -> list[Any]:
             done = [
-                db.exec(conn, recover, id=i, generation=g, cutoff=cutoff, now=now)
-                for i, g in stale
+                db.exec(conn, recover, id=i, generation=g, cutoff=cutoff, now=now) for i, g in stale
             ]
             for i, g in keys:
                 db.exec(conn, free_key, id=i, generation=g, cutoff=cutoff)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .._app import Durably, create_durably
 from .._dialect import KNOWN_SCHEMES, _load_errors, installed_schemes, iter_plugins, redact_url
-from .._errors import DurablyError, RunNotFoundError
+from .._errors import DurablyError, RunNotFoundError, StoreError
 from .._records import RUN_STATUSES
 from .demo import build_parser as build_demo_parser
 from .demo import run as run_demo
@@ -365,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except DurablyError as exc:
+        if args.traceback and isinstance(exc, StoreError):
+            raise  # the database's own error is its cause: show both
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:

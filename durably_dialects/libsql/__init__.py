@@ -118,6 +118,19 @@ class LibsqlDialect:
         """False when a transaction is sent as one batch at the end of its block."""
         return bool(self._transport.interactive)
 
+    def error_kind(self, exc: BaseException) -> str | None:
+        """What a driver error means for the user (codes and messages differ per driver)."""
+        if not isinstance(exc, LibsqlDatabaseError):
+            return None
+        message = str(exc)
+        if exc.code.startswith("SQLITE_FULL") or "database or disk is full" in message:
+            return "storage_full"
+        if exc.code.startswith("SQLITE_TOOBIG") or "string or blob too big" in message:
+            return "too_large"
+        if "no such table" in message:
+            return "missing_schema"
+        return None
+
     def __repr__(self) -> str:
         return f"<LibsqlDialect {redact_url(self.url)} driver={self.driver}>"
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from durably import DurablyError
+from durably import StoreError
 
 _RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
 _CODE_PATTERNS = (
@@ -16,7 +16,7 @@ _CODE_PATTERNS = (
 )
 
 
-class LibsqlDatabaseError(DurablyError):
+class LibsqlDatabaseError(StoreError):
     """A libSQL driver or server error; `code` is the Hrana/SQLite code when known."""
 
     def __init__(self, message: str, code: str = "UNKNOWN") -> None:

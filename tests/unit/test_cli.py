@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from durably import Durably, StepContext, create_durably, define_job
-from durably._errors import DurablyError
+from durably._errors import DurablyError, StoreError
 from durably.cli import main
 from durably.cli.appload import load_jobs
 from durably.cli.demo import Display
@@ -207,12 +207,14 @@ def test_unmigrated_database_error_suggests_migrate(
     assert f"durably migrate sqlite:///{path}" in err
 
 
-def test_traceback_option_lets_an_unexpected_error_propagate(tmp_path: Path) -> None:
+def test_traceback_option_lets_a_database_error_propagate_with_its_cause(tmp_path: Path) -> None:
     path = tmp_path / "empty.db"
     path.touch()
-    with pytest.raises(Exception, match="durably_runs") as info:
+    with pytest.raises(StoreError, match=r"migrate\(\)") as info:
         main(["--traceback", "runs", f"sqlite:///{path}"])
-    assert not isinstance(info.value, DurablyError)
+    cause = info.value.__cause__
+    assert cause is not None and not isinstance(cause, DurablyError)
+    assert "durably_runs" in str(cause)
 
 
 def test_unknown_url_scheme_is_an_error_naming_the_scheme(

@@ -3,6 +3,9 @@
 Timestamps are fixed-width ISO-8601 UTC strings (see `clock.to_db`), so they sort and
 compare correctly as text on every backend. JSON values are stored as text that the
 store encodes itself: no driver-specific JSON or datetime handling is involved.
+Strings compare byte for byte on every backend: on MySQL/MariaDB revision 0002 gives the
+tables a NO PAD binary collation, chosen from what the server has; the metadata does not
+name it, because no table is created from it and its queries need not know.
 """
 
 from __future__ import annotations

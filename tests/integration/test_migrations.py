@@ -28,10 +28,12 @@ from _backends import (
     sqlalchemy_url,
 )
 from alembic import command
+from alembic.script import ScriptDirectory
 
-from durably import DurablyError, MigrationError, create_durably
+from durably import Durably, DurablyError, MigrationError, StepContext, create_durably, define_job
 from durably._migrate import VERSION_TABLE, AlembicMigrator, alembic_config
 from durably._schema import TABLE_NAMES
+from durably.plugins import with_log_persistence
 from durably_dialects.libsql._migrate import split_sql
 
 MIGRATE_AT_SIGNAL = """
@@ -390,3 +392,123 @@ def test_four_processes_finishing_a_partial_schema_at_once_all_succeed(
     execute_all(bare_url, initial_script(backend)[:3])
     migrate_in_processes_at_once(bare_url, tmp_path / "barrier", count=4)
     assert schema_of(bare_url) == head_schema
+
+
+# -- revision 0002: ids, names and keys compare byte for byte ------------------------
+#
+# A database that lived at 0001 holds runs, steps and logs whose keys MySQL/MariaDB
+# compared ignoring case, accents and trailing spaces; the upgrade keeps every row and
+# from then on "order-1" is not "Order-1" there either.
+
+VERSION_0001_ROW = f"INSERT INTO {VERSION_TABLE} (version_num) VALUES ('0001')"
+
+
+def at_revision_0001(backend: str, url: str) -> None:
+    """Make `url` a database that 0001 migrated, as a durably of that time left it."""
+    execute_all(url, [*initial_script(backend), VERSION_0001_ROW])
+
+
+@define_job(name="order")
+def order_job(step: StepContext, payload: Any) -> Any:
+    fetched = step.run("Fetch", lambda: payload)
+    step.log.info("fetched", {"payload": fetched})
+    if payload.get("fail"):
+        step.run("Save", lambda: 1 / 0)
+    return step.run("save", lambda: {"saved": fetched})
+
+
+def populate(url: str) -> list[Any]:
+    """Runs with keys (completed, failed, pending), their steps and logs, through durably
+    itself on a database it has not migrated; returns what it reads back."""
+    with create_durably(url) as d:
+        d.use(with_log_persistence())
+        handle = d.register({"order": order_job})["order"]
+        handle.trigger({"n": 1}, idempotency_key="Order-1", concurrency_key="K")
+        handle.trigger({"n": 2, "fail": True}, idempotency_key="Order-2")
+        assert d.process_until_idle() == 2
+        handle.trigger({"n": 3}, idempotency_key="Order-3", concurrency_key="K")
+        return everything(d)
+
+
+def everything(d: Durably) -> list[Any]:
+    return [(run, d.get_steps(run.id), d.get_logs(run.id)) for run in d.get_runs()]
+
+
+def test_database_populated_at_0001_upgrades_keeping_its_rows_and_then_compares_bytes(
+    backend: str, bare_url: str, head_schema: dict[str, Any]
+) -> None:
+    upgrade_populated_0001(backend, bare_url, head_schema, converted=0)
+
+
+@pytest.mark.backends("mysql")
+@pytest.mark.parametrize("converted", [1, 2, 3])
+def test_upgrade_to_0002_killed_after_converting_some_tables_finishes_keeping_the_rows(
+    backend: str, bare_url: str, head_schema: dict[str, Any], converted: int
+) -> None:
+    # MySQL commits each ALTER TABLE on its own: the version table still says 0001
+    upgrade_populated_0001(backend, bare_url, head_schema, converted=converted)
+
+
+def upgrade_populated_0001(
+    backend: str, url: str, head_schema: dict[str, Any], *, converted: int
+) -> None:
+    """Populate `url` at 0001, run the first `converted` statements of 0002 on it, then
+    migrate: every row is kept and ids, names and keys compare byte for byte."""
+    at_revision_0001(backend, url)
+    before = populate(url)
+    completed, failed, pending = (run for run, _, _ in reversed(before))
+    assert [r.status for r in (completed, failed, pending)] == ["completed", "failed", "pending"]
+    assert failed.failed_step_name == "Save"
+    if converted:
+        execute_all(url, revision_0002_statements(url)[:converted])
+
+    migrate(url)
+    assert schema_of(url) == head_schema
+    with create_durably(url) as d:
+        assert everything(d) == before
+        handle = d.register({"order": order_job})["order"]
+        assert handle.trigger({"n": 0}, idempotency_key="Order-1").id == completed.id
+        lookalikes = ["order-1", "ORDER-1", "Order-1 ", "Ordér-1"]
+        new = [handle.trigger({"n": 0}, idempotency_key=key) for key in lookalikes]
+        assert len({run.id for run in new} | {completed.id}) == 5
+        assert d.get_run(completed.id.lower()) is None
+        assert d.get_steps(completed.id.lower()) == []
+        assert d.get_runs(job_name="ORDER") == []
+        handle.trigger({"n": 4}, concurrency_key="k")
+        # the run left pending at 0001 and every new one
+        assert d.process_until_idle() == 6
+        assert d.get_run(pending.id).status == "completed"  # type: ignore[union-attr]
+
+
+def revision_0002_statements(url: str) -> list[str]:
+    """The ALTER TABLE statements revision 0002 runs on this MySQL/MariaDB server."""
+    module = ScriptDirectory.from_config(alembic_config()).get_revision("0002").module
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            available = set(
+                conn.exec_driver_sql(
+                    "SELECT COLLATION_NAME FROM information_schema.COLLATIONS"
+                ).scalars()
+            )
+    finally:
+        engine.dispose()
+    collation = next(name for name in module.NO_PAD_BINARY if name in available)
+    return [
+        f"ALTER TABLE {table} CONVERT TO CHARACTER SET utf8mb4 COLLATE {collation}"
+        for table in module.TABLES
+    ]
+
+
+def test_downgrade_from_0002_gives_back_the_schema_of_0001(backend: str, bare_url: str) -> None:
+    at_revision_0001(backend, bare_url)
+    at_0001 = schema_of(bare_url)
+    migrate(bare_url)
+    engine = sa.create_engine(sqlalchemy_url(bare_url))
+    try:
+        with engine.connect() as conn:
+            command.downgrade(alembic_config(conn), "0001")
+            conn.commit()
+    finally:
+        engine.dispose()
+    assert schema_of(bare_url) == at_0001

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -247,12 +248,32 @@ def url_scheme(url: str) -> str:
     return head.lower() if sep else ""
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password or auth token hidden, for messages and logs."""
-    import re
+# query options whose value is a credential (matched case-insensitively, anywhere in the name)
+_SECRET_OPTION = re.compile(r"token|pass|pwd|secret|key|credential|signature", re.IGNORECASE)
+_OPTION = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
 
-    url = re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", url)
-    return re.sub(r"((?:auth_)?token=)[^&]*", r"\1***", url)
+
+def redact_url(url: str) -> str:
+    """The URL with every credential hidden (a password, an auth token or key given as a
+    query option, whatever its case), for messages and logs."""
+    head, sep, rest = url.partition("//")
+    if sep:
+        # user:password@host: the password ends at the last '@' before the path's query
+        authority_end = len(rest.split("?", 1)[0].split("#", 1)[0])
+        at = rest.rfind("@", 0, authority_end)
+        if at >= 0 and not rest.startswith("/"):  # sqlite:///path has no authority
+            user, colon, _ = rest[:at].partition(":")
+            if colon:
+                rest = f"{user}:***{rest[at:]}"
+        url = head + sep + rest
+
+    def hide(match: re.Match[str]) -> str:
+        lead, name, value = match.groups()
+        if value and _SECRET_OPTION.search(name):
+            return f"{lead}{name}=***"
+        return match.group(0)
+
+    return _OPTION.sub(hide, url)
 
 
 def resolve_dialect(url: str) -> Dialect:

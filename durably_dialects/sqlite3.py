@@ -31,7 +31,7 @@ from urllib.parse import parse_qs
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
-from durably import ConfigurationError, DialectNotFoundError, Result, hookimpl
+from durably import ConfigurationError, DialectNotFoundError, Result, hookimpl, redact_url
 
 SCHEMES = ("sqlite",)
 # idle connections a file's pool keeps open; more are opened while more threads read at once
@@ -53,7 +53,7 @@ def _lock_for(path: str) -> threading.RLock:
 def parse_sqlite_url(url: str) -> tuple[str | None, dict[str, str]]:
     """(file path or None for memory, query options) of a `sqlite://` URL."""
     if not url.startswith("sqlite://"):
-        raise DialectNotFoundError(f"not a sqlite URL: {url!r}")
+        raise DialectNotFoundError(f"not a sqlite URL: {redact_url(url)!r}")
     rest = url[len("sqlite://") :]
     rest, _, query = rest.partition("?")
     options = {k: v[-1] for k, v in parse_qs(query).items()}
@@ -61,7 +61,8 @@ def parse_sqlite_url(url: str) -> tuple[str | None, dict[str, str]]:
         return None, options
     if not rest.startswith("/"):
         raise DialectNotFoundError(
-            f"bad sqlite URL {url!r}: use sqlite:///relative.db, sqlite:////absolute.db or sqlite://"
+            f"bad sqlite URL {redact_url(url)!r}: "
+            "use sqlite:///relative.db, sqlite:////absolute.db or sqlite://"
         )
     return rest[1:], options
 
@@ -113,7 +114,7 @@ class SqliteDialect:
         sync = options.get("synchronous", "NORMAL").upper()
         if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigurationError(
-                f"bad synchronous={sync!r} in {url!r}: use OFF, NORMAL, FULL or EXTRA"
+                f"bad synchronous={sync!r} in {redact_url(url)!r}: use OFF, NORMAL, FULL or EXTRA"
             )
         self.synchronous = sync
         self.timeout = float(options.get("timeout", "30"))
@@ -130,7 +131,9 @@ class SqliteDialect:
         else:
             directory = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(directory):
-                raise ConfigurationError(f"directory {directory!r} for {url!r} does not exist")
+                raise ConfigurationError(
+                    f"directory {directory!r} for {redact_url(url)!r} does not exist"
+                )
             self._lock = _lock_for(path)
             self._shared = None
 
@@ -173,7 +176,7 @@ class SqliteDialect:
         """An idle connection of the pool, or a new one; the memory database's shared one."""
         with self._pool_lock:
             if self._closed:
-                raise RuntimeError(f"the database {self.url!r} is closed")
+                raise RuntimeError(f"the database {redact_url(self.url)!r} is closed")
             if self._shared is not None:
                 return self._shared
             if self._idle:
@@ -185,7 +188,7 @@ class SqliteDialect:
                 self._open_conns.add(raw)
                 return raw
         raw.close()
-        raise RuntimeError(f"the database {self.url!r} is closed")
+        raise RuntimeError(f"the database {redact_url(self.url)!r} is closed")
 
     def _checkin(self, raw: sqlite3.Connection) -> None:
         """Give `raw` back to the pool, or close it: broken, surplus, or the pool is closed."""

@@ -99,7 +99,9 @@ class LibsqlDialect:
         if not self.target.remote:
             directory = os.path.dirname(os.path.abspath(self.target.path))
             if not os.path.isdir(directory):
-                raise ConfigurationError(f"directory {directory!r} for {url!r} does not exist")
+                raise ConfigurationError(
+                    f"directory {directory!r} for {redact_url(url)!r} does not exist"
+                )
         self.driver = self.target.driver
         # claims are one UPDATE ... RETURNING statement where the SQLite that runs them has
         # it (3.35+): always on servers and in the official driver's bundled libSQL; a

@@ -254,3 +254,21 @@ def test_a_statement_over_mariadbs_packet_limit_is_a_store_error() -> None:
         no_runs(durably)
         durably.jobs.free.trigger({"small": True})  # the connection pool recovered
         assert len(durably.get_runs()) == 1
+
+
+@pytest.mark.parametrize("driver", ["libsql", "libsql-client"])
+def test_libsql_drivers_reject_or_round_trip_a_nul(tmp_path: Path, driver: str) -> None:
+    # the official driver once cut text at a NUL: "a\x00b" read back as "a"
+    with create_durably(f"libsql+file:{tmp_path / 'nul.db'}?driver={driver}") as durably:
+        durably.migrate()
+        durably.register(JOBS)
+        with pytest.raises(InputValidationError, match="NUL"):
+            durably.jobs.free.trigger({}, idempotency_key="a\x00b")
+        with pytest.raises(InputValidationError, match="NUL"):
+            durably.get_runs(job_name="fr\x00ee")
+        run = durably.jobs.echo.trigger({"text": "a\x00b"})
+        assert durably.process_one()
+        stored = durably.get_run(run.id)
+        assert stored is not None
+        assert (stored.payload, stored.output) == ({"text": "a\x00b"}, "a\x00b")
+        assert [s.output for s in durably.get_steps(run.id)] == ["a\x00b"]

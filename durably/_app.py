@@ -145,8 +145,8 @@ class Durably:
         return result
 
     def get_job(self, name: str) -> JobHandle[Any, Any] | None:
-        """The handle registered under a job name, or None."""
-        return self._handles.get(name)
+        """The handle registered under a job name, or None (also for a name that is no string)."""
+        return self._handles.get(name) if isinstance(name, str) else None
 
     def on(self, event_type: str, handler: Listener) -> Callable[[], None]:
         """Subscribe to one event type or "*"; returns an unsubscribe function."""

@@ -30,6 +30,8 @@ from .sqlite3 import sqlite_error_kind
 _EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 _LOCK_NAME = "durably_migrate"
 _CHANNEL = "durably_wakeup"
+# seconds the LISTEN thread waits for a notification before looking at its stop flag
+LISTEN_POLL = 0.5
 logger = logging.getLogger("durably.dialects.sqlalchemy")
 _PG_LOCK_KEY = zlib.crc32(_LOCK_NAME.encode())
 # deadlock_detected, serialization_failure
@@ -228,7 +230,9 @@ class SqlAlchemyDialect:
                     backoff = 0.1
                     callback()
                     while not stop.is_set():
-                        for _ in conn.notifies(timeout=0.5):
+                        for _ in conn.notifies(timeout=LISTEN_POLL):
+                            if stop.is_set():
+                                break  # the stopper's own wake-up: do not wait out the poll
                             callback()
                 except Exception as exc:
                     if not stop.is_set():
@@ -244,6 +248,12 @@ class SqlAlchemyDialect:
 
         def stopper() -> None:
             stop.set()
+            # wake the LISTEN connection now instead of at the end of its poll
+            try:
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(f"NOTIFY {_CHANNEL}")
+            except Exception as exc:  # the thread still sees `stop` within one poll
+                logger.debug("could not wake the LISTEN thread: %s", exc)
             thread.join(timeout=5)
 
         return stopper

@@ -113,6 +113,7 @@ class Reader(threading.Thread):
 # -- a client that stops reading --------------------------------------------------------
 
 
+@pytest.mark.backends("sqlite")  # events only: no database write per event
 @pytest.mark.parametrize(
     ("bound", "value"),
     [("MAX_QUEUED_FRAMES", 100), ("MAX_QUEUED_BYTES", 64 * 1024)],

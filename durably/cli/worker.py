@@ -3,7 +3,8 @@
 Both stop gracefully on SIGTERM/SIGINT: no new claims, then the runs in flight get
 `--grace` seconds before they are released back to pending at their next step boundary.
 `serve` mounts `create_app` (the HTTP API and its dashboard) under `/api` (clients:
-`api: "/api"`), so that `/` stays free for whatever an application adds next to it.
+`api: "/api"`), so that `/` stays free for whatever an application adds next to it, and
+puts `guard.ServeGuard` in front (Host check, basic auth from the environment).
 Both persist `step.log` lines unless told not to: a command-line user has no other way
 to install `with_log_persistence()`, and `durably run URL ID` is where logs are read.
 """
@@ -25,6 +26,17 @@ from .._errors import DurablyError
 from .._events import RunCompleteEvent, RunFailEvent, RunStartEvent, WorkerErrorEvent
 from ..plugins import with_log_persistence
 from .appload import load_jobs
+from .guard import (
+    PASSWORD_ENV,
+    USER_ENV,
+    Credentials,
+    ServeGuard,
+    allowed_host,
+    allowed_hosts,
+    credentials_from_env,
+    exposure_warning,
+    is_loopback,
+)
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -125,6 +137,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     parser.add_argument("--port", type=port_number, default=8000, help="default: %(default)s")
     parser.add_argument(
+        "--allowed-host",
+        action="append",
+        type=allowed_host,
+        default=[],
+        metavar="NAME",
+        help="also accept requests whose Host header names NAME (repeatable; '*' accepts "
+        "any); --host, localhost, 127.0.0.1 and [::1] are always accepted, other names get "
+        "400 (against DNS rebinding)",
+    )
+    parser.add_argument(
         "--no-worker",
         action="store_true",
         help="serve the API only; runs are executed by `durably worker` elsewhere",
@@ -134,6 +156,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default="info",
         choices=("critical", "error", "warning", "info", "debug", "trace"),
         help="uvicorn's log level (default: %(default)s)",
+    )
+    parser.epilog = (
+        f"authentication:\n  set {USER_ENV} and {PASSWORD_ENV} in the environment to\n"
+        "  require HTTP basic auth on every request (the password stays off the command line)"
+        + (f"\n\n{parser.epilog}" if parser.epilog else "")
     )
 
 
@@ -208,8 +235,14 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_app(durably: Durably) -> ASGIApp:
-    """What `serve` serves: `create_app` under `/api`; `/` redirects to its dashboard."""
+def build_app(
+    durably: Durably,
+    hosts: frozenset[str] | None = None,
+    credentials: Credentials | None = None,
+) -> ASGIApp:
+    """What `serve` serves: `create_app` under `/api`; `/` redirects to its dashboard; in
+    front, the Host check of `hosts` (None: any) and basic auth with `credentials`.
+    """
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import RedirectResponse
@@ -221,7 +254,8 @@ def build_app(durably: Durably) -> ASGIApp:
         # the dashboard reaches the API with relative URLs: it needs the trailing slash
         return RedirectResponse(f"{API_PREFIX}/")
 
-    return Starlette(routes=[Route("/", index), Mount(API_PREFIX, app=create_app(durably))])
+    app = Starlette(routes=[Route("/", index), Mount(API_PREFIX, app=create_app(durably))])
+    return ServeGuard(app, hosts=hosts, credentials=credentials)
 
 
 def _check_server_extra() -> None:
@@ -240,6 +274,7 @@ def serve(args: argparse.Namespace) -> int:
     _check_server_extra()
     import uvicorn
 
+    credentials = credentials_from_env()
     jobs = load_jobs(args.app)
     stopping = threading.Event()
     servers: list[uvicorn.Server] = []
@@ -257,7 +292,7 @@ def serve(args: argparse.Namespace) -> int:
             durably.migrate()
         durably.register(jobs)
         config = uvicorn.Config(
-            build_app(durably),
+            build_app(durably, allowed_hosts(args.host, args.allowed_host), credentials),
             host=args.host,
             port=args.port,
             log_level=args.log_level,
@@ -267,10 +302,13 @@ def serve(args: argparse.Namespace) -> int:
         if not args.no_worker:
             durably.start()
         runs_by = "no worker" if args.no_worker else f"worker concurrency {args.concurrency}"
+        if credentials is None and not is_loopback(args.host):
+            _say(exposure_warning(args.host, args.port), error=True)
+        auth = "no authentication" if credentials is None else f"basic auth as {credentials.user!r}"
         _say(
             f"durably serve on {redact_url(args.url)}: jobs {', '.join(sorted(jobs))}; "
             f"{runs_by}; dashboard and API at http://{args.host}:{args.port}{API_PREFIX}/; "
-            "SIGTERM or Ctrl-C stops it"
+            f"{auth}; SIGTERM or Ctrl-C stops it"
         )
         try:
             if not stopping.is_set():

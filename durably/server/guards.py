@@ -147,7 +147,10 @@ def _origin(scheme: str, netloc: str) -> Origin | None:
 
 def parse_origin(value: str) -> Origin | None:
     """`scheme://host[:port]` (the form of an Origin header) as compared, or None."""
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 address
+        return None
     if parts.path or parts.query or parts.fragment or value.endswith(("?", "#")):
         return None
     return _origin(parts.scheme, parts.netloc)

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from _backends import execute_all
 from _server_helpers import add_job, boom_job, live_server
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 
 from durably import (
@@ -383,6 +384,10 @@ def _own_origin(client: httpx.Client) -> str:
         {"origin": "OTHER-PORT"},
         {"origin": "OTHER-SCHEME"},
         {"origin": "http://evil.example", "sec-fetch-site": "same-site"},
+        {"origin": "http://["},  # not even a URL
+        {"origin": "http://127.0.0.1:99999"},
+        {"origin": "http://user@127.0.0.1"},
+        {"origin": "OWN/path"},
     ],
     ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()),
 )
@@ -393,11 +398,12 @@ def test_state_changing_routes_refuse_requests_from_another_origin(
     before = runs.state()
     own = urlsplit(_own_origin(client))
     replacements = {
-        "OWN": _own_origin(client),
         "OTHER-PORT": f"http://{own.hostname}:{(own.port or 80) + 1}",
         "OTHER-SCHEME": f"https://{own.netloc}",
     }
-    headers = {k: replacements.get(v, v) for k, v in hostile.items()}
+    headers = {
+        k: replacements.get(v, v).replace("OWN", _own_origin(client)) for k, v in hostile.items()
+    }
     for response in runs.attempts(client, headers):
         assert "origin" in assert_error(response, 403)
     assert runs.state() == before
@@ -480,9 +486,53 @@ def test_trusted_origins_may_act_from_another_origin(d: Durably) -> None:
         assert runs.state() == before
 
 
+def test_trusted_origin_with_cors_middleware_is_the_documented_cross_origin_setup(
+    d: Durably,
+) -> None:
+    """The README's recipe: the preflight of a JSON trigger and the trigger itself pass,
+    and the browser is allowed to read the answer with credentials."""
+    dash = "https://dash.example"
+    app = create_app(d, trusted_origins=[dash])
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=[dash],
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["content-type"],
+    )
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=20) as client:
+        preflight = client.options(
+            "/trigger",
+            headers={
+                "origin": dash,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type",
+            },
+        )
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == dash
+        headers = {"origin": dash, "sec-fetch-site": "cross-site"}
+        response = client.post("/trigger", json={"jobName": "anything"}, headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.headers["access-control-allow-origin"] == dash
+        assert response.headers["access-control-allow-credentials"] == "true"
+        evil = {"origin": "https://evil.example", "sec-fetch-site": "cross-site"}
+        assert_error(client.post("/trigger", json={"jobName": "anything"}, headers=evil), 403)
+    assert len(d.get_runs()) == 1
+
+
 @pytest.mark.parametrize(
     "origin",
-    ["dash.example", "https://dash.example/", "https://dash.example/app", "*", "null", ""],
+    [
+        "dash.example",
+        "http://[",
+        "https://dash.example/",
+        "https://dash.example/app",
+        "ftp://dash.example",
+        "*",
+        "null",
+        "",
+    ],
 )
 def test_create_app_refuses_a_trusted_origin_that_is_not_scheme_host_port(
     d: Durably, origin: str

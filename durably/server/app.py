@@ -2,6 +2,7 @@
 
 Routes, query names and JSON shapes follow @coji/durably 0.6's `createDurablyHandler`;
 status codes deliberately do not (400/404/409 where 0.6 answered 500), see SPEC.md.
+What is checked before a request acts (body size, origin, content type) is in `guards`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ import asyncio
 import inspect
 import json
 import logging
-import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn, cast
 
 from starlette.applications import Starlette
@@ -26,6 +26,7 @@ from durably import (
     Durably,
     InputValidationError,
     InvalidRunStateError,
+    PayloadTooLargeError,
     Run,
     RunNotFoundError,
     RunStatus,
@@ -34,6 +35,20 @@ from durably._app import follow_source
 from durably._follow import AsyncFollow, follow
 
 from .dashboard import ASSET_PREFIX, asset, jobs_json, page
+from .guards import (
+    DEFAULT_MAX_BODY_BYTES,
+    HTTPError,
+    Origin,
+    bad_request,
+    bounded_receive,
+    check_declared_length,
+    check_max_body_bytes,
+    check_origin,
+    new_error_id,
+    non_negative_int,
+    parse_trusted_origins,
+    require_json,
+)
 from .sse import EventStream, frames
 from .wire import (
     RUN_SUMMARY_TYPES,
@@ -55,18 +70,8 @@ Handler = Callable[[Request], Awaitable[ASGIApp]]
 
 _RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 _SUMMARY_TYPES = RUN_SUMMARY_TYPES | STEP_SUMMARY_TYPES | {"log:write"}
-# limits that every backend can bind (SQLite integers are 64-bit)
-_MAX_INT = 2**63 - 1
-_DIGITS = re.compile(r"[0-9]+")
-
-
-class HTTPError(Exception):
-    """Answered as `{error: message}` with `status`."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+#: methods that only read: no origin check (a page elsewhere cannot read the answer)
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class JSONResponse(_StarletteJSONResponse):
@@ -74,10 +79,6 @@ class JSONResponse(_StarletteJSONResponse):
 
     def render(self, content: Any) -> bytes:
         return dumps(content).encode("utf-8")
-
-
-def _bad_request(message: str) -> NoReturn:
-    raise HTTPError(400, message)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -91,17 +92,8 @@ def _success() -> JSONResponse:
 def _required(request: Request, name: str) -> str:
     value = request.query_params.get(name)
     if not value:
-        _bad_request(f"{name} query parameter is required")
+        bad_request(f"{name} query parameter is required")
     return value
-
-
-def _non_negative_int(request: Request, name: str) -> int | None:
-    raw = request.query_params.get(name)
-    if not raw:  # absent or empty: no limit, as in the original
-        return None
-    if not _DIGITS.fullmatch(raw) or int(raw) > _MAX_INT:
-        _bad_request(f"{name} must be a non-negative integer, got {raw!r}")
-    return int(raw)
 
 
 def _optional_key(body: Mapping[str, Any], name: str) -> str | None:
@@ -109,12 +101,12 @@ def _optional_key(body: Mapping[str, Any], name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        _bad_request(f"{name} must be a non-empty string when given, got {value!r}")
+        bad_request(f"{name} must be a non-empty string when given, got {value!r}")
     return value
 
 
 def _reject_constant(name: str) -> NoReturn:
-    _bad_request(f"malformed JSON body: {name} is not valid JSON")
+    bad_request(f"malformed JSON body: {name} is not valid JSON")
 
 
 async def _json_body(request: Request) -> Any:
@@ -123,7 +115,7 @@ async def _json_body(request: Request) -> Any:
     except ClientDisconnect:
         raise HTTPError(400, "the client disconnected before sending the body") from None
     if not body.strip():
-        _bad_request("a JSON body is required")
+        bad_request("a JSON body is required")
     try:
         return json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -133,9 +125,17 @@ async def _json_body(request: Request) -> Any:
 class _Api:
     """The request handlers of one Durably instance."""
 
-    def __init__(self, durably: Durably, authorize: Authorize | None) -> None:
+    def __init__(
+        self,
+        durably: Durably,
+        authorize: Authorize | None,
+        max_body_bytes: int,
+        trusted: frozenset[Origin],
+    ) -> None:
         self.durably = durably
         self.authorize = authorize
+        self.max_body_bytes = max_body_bytes
+        self.trusted = trusted
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -152,35 +152,45 @@ class _Api:
         return bool(result)
 
     async def respond(self, request: Request, handler: Handler | None) -> ASGIApp:
-        if not await self.allowed(request):
-            return _error(401, "unauthorized")
-        if handler is None:
-            return _error(404, f"not found: {request.method} {request.url.path}")
         try:
+            check_declared_length(request, self.max_body_bytes)
+            if not await self.allowed(request):
+                return _error(401, "unauthorized")
+            if handler is None:
+                return _error(404, f"not found: {request.method} {request.url.path}")
+            if request.method not in _SAFE_METHODS:
+                check_origin(request, self.trusted)
             return await handler(request)
         except HTTPError as exc:
             return _error(exc.status, exc.message)
+        except PayloadTooLargeError as exc:
+            return _error(413, str(exc))
         except InputValidationError as exc:
             return _error(400, str(exc))
         except RunNotFoundError as exc:
             return _error(404, str(exc))
         except InvalidRunStateError as exc:
             return _error(409, str(exc))
-        except Exception as exc:
-            logger.exception("%s %s failed", request.method, request.url.path)
-            return _error(500, f"{type(exc).__name__}: {exc}")
+        except Exception:
+            # the detail (SQL, parameters, paths) goes to the log only, under an id
+            error_id = new_error_id()
+            logger.exception(
+                "%s %s failed (errorId %s)", request.method, request.url.path, error_id
+            )
+            return JSONResponse({"error": "internal error", "errorId": error_id}, 500)
 
     # -- runs --------------------------------------------------------------------------
 
     async def trigger(self, request: Request) -> ASGIApp:
+        require_json(request)
         body = await _json_body(request)
         if not isinstance(body, dict):
-            _bad_request("the body must be a JSON object {jobName, input, ...}")
+            bad_request("the body must be a JSON object {jobName, input, ...}")
         job_name = body.get("jobName")
         if job_name is None or job_name == "":
-            _bad_request("jobName is required")
+            bad_request("jobName is required")
         if not isinstance(job_name, str):
-            _bad_request(f"jobName must be a string, got {job_name!r}")
+            bad_request(f"jobName must be a string, got {job_name!r}")
         payload = body.get("input")
         idempotency_key = _optional_key(body, "idempotencyKey")
         concurrency_key = _optional_key(body, "concurrencyKey")
@@ -217,9 +227,9 @@ class _Api:
         statuses = [status for status in params.getlist("status") if status]
         for status in statuses:
             if status not in _RUN_STATUSES:
-                _bad_request(f"status must be one of {', '.join(_RUN_STATUSES)}, got {status!r}")
-        limit = _non_negative_int(request, "limit")
-        offset = _non_negative_int(request, "offset")
+                bad_request(f"status must be one of {', '.join(_RUN_STATUSES)}, got {status!r}")
+        limit = non_negative_int(request, "limit")
+        offset = non_negative_int(request, "offset")
 
         def load() -> list[dict[str, Any]]:
             runs = self.durably.get_runs(
@@ -315,19 +325,32 @@ class _Endpoint:
         self._handlers = dict(handlers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
+        request = Request(scope, bounded_receive(receive, self._api.max_body_bytes))
         response = await self._api.respond(request, self._handlers.get(request.method))
         await response(scope, receive, send)
 
 
-def create_app(durably: Durably, authorize: Authorize | None = None) -> Starlette:
+def create_app(
+    durably: Durably,
+    authorize: Authorize | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    trusted_origins: Sequence[str] = (),
+) -> Starlette:
     """The HTTP API of `durably` as an ASGI app, mountable under any prefix.
 
     Its root (`GET /`) serves the dashboard, a page that uses the API with relative URLs.
     `authorize(request)` (sync or async) runs before every request, streams included;
-    a falsy result answers 401.
+    a falsy result answers 401. A request body over `max_body_bytes` answers 413 without
+    being read. POST/DELETE requests that a browser sent from another origin answer 403
+    (CSRF), unless that origin (`"https://host[:port]"`) is in `trusted_origins`.
     """
-    api = _Api(durably, authorize)
+    api = _Api(
+        durably,
+        authorize,
+        check_max_body_bytes(max_body_bytes),
+        parse_trusted_origins(trusted_origins),
+    )
     routes = {
         "/trigger": {"POST": api.trigger},
         "/run": {"GET": api.run, "DELETE": api.delete},

@@ -9,6 +9,7 @@ tests are skipped with the reason. The backend helpers live in `_backends.py`.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,12 @@ from durably import Durably, create_durably
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background (`nohup ... &`, a non-interactive shell's job)
+    # inherits SIGINT as ignored, and so would every process it starts: the tests that
+    # press Ctrl-C on a `durably` process would then see it ignored. A handler here is
+    # reset to the default in each child at exec, as a terminal would give it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line(
         "markers",
         "backends(*names): run only on these of the selected backends "

@@ -351,9 +351,9 @@ def test_serve_on_a_port_in_use_exits_1(app_dir: Path, url: str, processes: list
 def test_demo_interrupted_after_a_step_resumes_and_skips_completed_steps(
     tmp_path: Path, processes: list[Process]
 ) -> None:
-    # steps of 3 s: the Ctrl-C below lands in batch 2 even when this test reads the line
-    # seconds late on a loaded machine (with 0.3 s steps the run once finished first)
-    first = start(processes, tmp_path, "demo", "--batches", "6", "--step-seconds", "3")
+    # steps of 1 s: the Ctrl-C below lands before the last batch even when this test reads
+    # the line seconds late on a loaded machine
+    first = start(processes, tmp_path, "demo", "--batches", "6", "--step-seconds", "1")
     run_id = first.wait_for_line(r"^starting run (\w+) of 'import-orders': 6 steps").group(1)
     first.wait_for_line(r"^    batch-1: \d+ orders in ")
     assert first.stop(signal.SIGINT) == 130, first.output()

@@ -25,10 +25,12 @@ __all__ = [
     "AddIn",
     "Gate",
     "add_job",
+    "anything_job",
     "boom_job",
     "listener_count",
     "live_server",
     "open_sse",
+    "trigger",
     "wait_until",
 ]
 
@@ -53,6 +55,21 @@ def add_job(step: StepContext, payload: AddIn) -> dict[str, int]:
 @define_job(name="boom")
 def boom_job(step: StepContext, payload: Any) -> None:
     step.run("explode", lambda: 1 / 0)
+
+
+@define_job(name="anything")
+def anything_job(step: StepContext, payload: Any) -> Any:
+    return payload
+
+
+def trigger(client: httpx.Client, job: str, payload: Any = None, **extra: Any) -> str:
+    """POST /trigger (`extra`: idempotencyKey, concurrencyKey); the new run's id."""
+    body: dict[str, Any] = {"jobName": job, **extra}
+    if payload is not None:
+        body["input"] = payload
+    response = client.post("/trigger", json=body)
+    assert response.status_code == 200, response.text
+    return str(response.json()["runId"])
 
 
 class Gate:

@@ -14,10 +14,12 @@ import pytest
 from _server_helpers import (
     Gate,
     add_job,
+    anything_job,
     boom_job,
     listener_count,
     live_server,
     open_sse,
+    trigger,
     wait_until,
 )
 from starlette.applications import Starlette
@@ -66,11 +68,6 @@ STEP_KEYS = {
 }
 
 
-@define_job(name="anything")
-def anything_job(step: StepContext, payload: Any) -> Any:
-    return payload
-
-
 @pytest.fixture
 def d(durably: Durably) -> Durably:
     durably.register({"add": add_job, "boom": boom_job, "anything": anything_job})
@@ -86,17 +83,6 @@ def client(d: Durably) -> Iterator[httpx.Client]:
 def parse_time(text: str) -> datetime:
     assert text.endswith("Z"), text
     return datetime.fromisoformat(text[:-1] + "+00:00")
-
-
-def trigger(client: httpx.Client, job: str, payload: Any = None, **extra: Any) -> str:
-    body: dict[str, Any] = {"jobName": job, **extra}
-    if payload is not None:
-        body["input"] = payload
-    response = client.post("/trigger", json=body)
-    assert response.status_code == 200, response.text
-    run_id = response.json()["runId"]
-    assert isinstance(run_id, str)
-    return run_id
 
 
 def assert_error(response: httpx.Response, status: int) -> str:

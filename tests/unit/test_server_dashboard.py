@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _server_helpers import AddIn, add_job, live_server
+from _server_helpers import AddIn, add_job, anything_job, live_server
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Mount
@@ -29,11 +29,6 @@ LOG_KEYS = {"id", "runId", "stepName", "level", "message", "data", "createdAt"}
 
 def _static(name: str) -> str:
     return STATIC.joinpath(name).read_text("utf-8")
-
-
-@define_job(name="anything")
-def anything_job(step: StepContext, payload: Any) -> Any:
-    return payload
 
 
 def _undescribable(step: StepContext, payload: Any) -> None:

@@ -20,21 +20,14 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from _backends import execute_all
-from _server_helpers import add_job, boom_job, live_server
+from _server_helpers import add_job, anything_job, boom_job, live_server
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 
 from durably import (
     Durably,
-    StepContext,
-    define_job,
 )
 from durably.server import create_app
-
-
-@define_job(name="anything")
-def anything_job(step: StepContext, payload: Any) -> Any:
-    return payload
 
 
 @pytest.fixture

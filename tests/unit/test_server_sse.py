@@ -14,6 +14,7 @@ from _server_helpers import (
     listener_count,
     live_server,
     open_sse,
+    trigger,
     wait_until,
 )
 
@@ -93,12 +94,6 @@ def base(d: Durably) -> Iterator[str]:
 def client(base: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=base, timeout=20) as c:
         yield c
-
-
-def trigger(client: httpx.Client, job: str, payload: Any = None) -> str:
-    response = client.post("/trigger", json={"jobName": job, "input": payload or {}})
-    assert response.status_code == 200, response.text
-    return str(response.json()["runId"])
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:

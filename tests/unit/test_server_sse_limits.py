@@ -18,7 +18,15 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from _server_helpers import SSE, add_job, listener_count, live_server, open_sse, wait_until
+from _server_helpers import (
+    SSE,
+    add_job,
+    listener_count,
+    live_server,
+    open_sse,
+    trigger,
+    wait_until,
+)
 
 from durably import Durably, StepContext, define_job
 from durably.server import create_app
@@ -67,12 +75,6 @@ def base(d: Durably) -> Iterator[str]:
 def client(base: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=base, timeout=20) as c:
         yield c
-
-
-def trigger(client: httpx.Client, job: str, payload: Any = None) -> str:
-    response = client.post("/trigger", json={"jobName": job, "input": payload or {}})
-    assert response.status_code == 200, response.text
-    return str(response.json()["runId"])
 
 
 def stuck_client(base: str, target: str) -> socket.socket:

@@ -287,12 +287,16 @@ def _seed_history(path: str, count: int) -> None:
         rows = []
         for i in range(first, min(count, first + batch)):
             at = to_db(base + timedelta(milliseconds=i))
-            rows.append((f"0H{i:024d}", "three", '{"i":0}', "completed", 3, 1, at, at, at, at))
+            rows.append((f"0H{i:024d}", "three", "completed", 3, 1, at, at, at, at))
         conn.executemany(
-            "INSERT INTO durably_runs (id, job_name, payload, status, current_step_index, "
+            "INSERT INTO durably_runs (id, job_name, status, current_step_index, "
             "lease_generation, created_at, updated_at, started_at, completed_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "VALUES (?,?,?,?,?,?,?,?,?)",
             rows,
+        )
+        conn.executemany(
+            "INSERT INTO durably_payloads (run_id, payload) VALUES (?, ?)",
+            [(row[0], '{"i":0}') for row in rows],
         )
         conn.commit()
     conn.close()

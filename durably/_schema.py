@@ -4,8 +4,9 @@ Timestamps are fixed-width ISO-8601 UTC strings (see `clock.to_db`), so they sor
 compare correctly as text on every backend. JSON values are stored as text that the
 store encodes itself: no driver-specific JSON or datetime handling is involved.
 Strings compare byte for byte on every backend: on MySQL/MariaDB revision 0002 gives the
-tables a NO PAD binary collation, chosen from what the server has; the metadata does not
-name it, because no table is created from it and its queries need not know.
+tables a NO PAD binary collation, chosen from what the server has (0003 creates its table
+in the collation of durably_runs); the metadata does not name it, because no table is
+created from it and its queries need not know.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ runs = sa.Table(
     metadata,
     sa.Column("id", sa.String(26), primary_key=True),
     sa.Column("job_name", Key, nullable=False),
-    sa.Column("payload", LongText, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("idempotency_key", Key, nullable=True),
     sa.Column("concurrency_key", Key, nullable=True),
@@ -51,6 +51,17 @@ runs = sa.Table(
     sa.Index("ix_durably_runs_job_created", "job_name", "created_at", "id"),
     sa.Index("ix_durably_runs_created", "created_at", "id"),
     sa.Index("ix_durably_runs_concurrency", "concurrency_key", "status", "created_at"),
+)
+
+# A run's payload, apart from the columns a running run updates all the time (status,
+# heartbeat, progress, step index): SQLite rewrites a whole row, overflow pages included,
+# whenever an UPDATE changes its size, so a payload in the run's row was written again by
+# every progress message (revision 0003). Written once with the run, deleted with it.
+payloads = sa.Table(
+    "durably_payloads",
+    metadata,
+    sa.Column("run_id", sa.String(26), primary_key=True),
+    sa.Column("payload", LongText, nullable=False),
 )
 
 steps = sa.Table(

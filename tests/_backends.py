@@ -24,7 +24,7 @@ SERVER_URLS = {
     "mysql": os.environ.get("DURABLY_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
 ALL_BACKENDS = ("sqlite", "postgres", "mysql", "libsql")
-DURABLY_TABLES = ("durably_logs", "durably_steps", "durably_runs")
+DURABLY_TABLES = ("durably_logs", "durably_steps", "durably_payloads", "durably_runs")
 
 
 def selected_backends() -> list[str]:

@@ -23,7 +23,7 @@ from .._dialect import Connection, Dialect, redact_url
 from .._errors import DurablyError, StoreError
 from .._events import Progress
 from .._records import LogEntry, Run, StepRecord
-from .._schema import logs, runs, steps
+from .._schema import logs, payloads, runs, steps
 
 logger = logging.getLogger("durably.store")
 
@@ -202,7 +202,7 @@ RUN_COLUMNS = (
     runs.c.id,
     runs.c.job_name,
     runs.c.status,
-    runs.c.payload,
+    payloads.c.payload,
     runs.c.output,
     runs.c.error,
     runs.c.progress,
@@ -216,6 +216,16 @@ RUN_COLUMNS = (
     runs.c.heartbeat_at,
     runs.c.failed_step_name,
 )
+# a run and its payload (see schema.payloads); an outer join keeps the runs table the
+# one the planner walks, by the index that orders or filters it
+RUN_SOURCE = runs.outerjoin(payloads, payloads.c.run_id == runs.c.id)
+
+
+def select_runs() -> sa.Select[Any]:
+    """SELECT `RUN_COLUMNS` FROM a run and its payload; add the WHERE and ORDER BY."""
+    return sa.select(*RUN_COLUMNS).select_from(RUN_SOURCE)
+
+
 STEP_COLUMNS = (
     steps.c.id,
     steps.c.run_id,
@@ -261,7 +271,7 @@ def _time(value: str) -> datetime:
 
 
 def run_from_row(row: Sequence[Any]) -> Run:
-    """Build a `Run` from a row selected with `RUN_COLUMNS`."""
+    """Build a `Run` from a row selected with `RUN_COLUMNS` (see `select_runs`)."""
     return Run(
         id=row[0],
         job_name=row[1],

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .._dialect import Connection
-from .._schema import runs
+from .._schema import payloads, runs
 from ._sql import Db, P, loads
 
 logger = logging.getLogger("durably.store")
@@ -51,6 +51,15 @@ class ClaimRequest:
 def _claim_from_row(row: Sequence[Any]) -> Claim:
     run_id, job_name, payload, generation, concurrency_key = row
     return Claim(run_id, job_name, generation, loads(payload), concurrency_key)
+
+
+def _payload_of(run_id: Any) -> sa.Select[Any]:
+    """The payload of run `run_id` (a parameter, or the id column of an enclosing UPDATE).
+
+    SQLite's RETURNING names columns unqualified (`run_id = id`): `id` is durably_runs'
+    because durably_payloads has no column of that name.
+    """
+    return sa.select(payloads.c.payload).where(payloads.c.run_id == run_id)
 
 
 class Claims:
@@ -119,7 +128,7 @@ class Claims:
         row = db.exec(conn, select_sql, **params).fetchone()
         if row is None:
             return None
-        run_id, job_name, payload, generation, concurrency_key = row
+        run_id, job_name, generation, concurrency_key = row
         updated = db.exec(
             conn,
             update_sql,
@@ -131,6 +140,10 @@ class Claims:
         )
         if updated.rowcount != 1:
             return _RACED
+        # read once the run is ours, by primary key: never the payloads of other candidates
+        payload_sql = db.sql("claim_payload", lambda: _payload_of(P("id")))
+        found = db.exec(conn, payload_sql, id=run_id).fetchone()
+        payload = None if found is None else found[0]
         return run_id, job_name, payload, generation + 1, concurrency_key
 
     def _claim_values(self, generation: Any) -> dict[str, Any]:
@@ -153,7 +166,8 @@ class Claims:
             .returning(
                 runs.c.id,
                 runs.c.job_name,
-                runs.c.payload,
+                # the claimed run's payload, read in the same statement
+                _payload_of(runs.c.id).scalar_subquery(),
                 runs.c.lease_generation,
                 runs.c.concurrency_key,
             )
@@ -183,9 +197,7 @@ class Claims:
             ),
         )
         columns = (
-            (c.c.id, c.c.job_name, c.c.payload, c.c.lease_generation, c.c.concurrency_key)
-            if full
-            else (c.c.id,)
+            (c.c.id, c.c.job_name, c.c.lease_generation, c.c.concurrency_key) if full else (c.c.id,)
         )
         stmt = (
             sa.select(*columns)

@@ -11,12 +11,12 @@ from .._records import LogEntry, Run, StepRecord
 from .._schema import logs, runs, steps
 from ._sql import (
     LOG_COLUMNS,
-    RUN_COLUMNS,
     STEP_COLUMNS,
     Db,
     P,
     log_from_row,
     run_from_row,
+    select_runs,
     step_from_row,
 )
 from .claims import Claim
@@ -62,7 +62,7 @@ class Reads:
 
     def get_run(self, run_id: str) -> Run | None:
         db = self.db
-        sql = db.sql("get_run", lambda: sa.select(*RUN_COLUMNS).where(runs.c.id == P("id")))
+        sql = db.sql("get_run", lambda: select_runs().where(runs.c.id == P("id")))
         with db.read() as conn:
             row = db.exec(conn, sql, id=run_id).fetchone()
         return None if row is None else run_from_row(row)
@@ -86,7 +86,7 @@ class Reads:
         needs_limit = has_offset and not has_limit and db.sa_dialect.name != "postgresql"
 
         def build() -> sa.sql.ClauseElement:
-            stmt = sa.select(*RUN_COLUMNS)
+            stmt = select_runs()
             if nj is not None:
                 stmt = stmt.where(runs.c.job_name.in_([P(f"job_{i}") for i in range(nj)]))
             if ns is not None:

@@ -17,8 +17,8 @@ from .._clock import from_db
 from .._dialect import Connection
 from .._errors import InvalidRunStateError, RunNotFoundError
 from .._records import Run
-from .._schema import logs, runs, steps
-from ._sql import RUN_COLUMNS, Db, P, loads, run_from_row, status_in
+from .._schema import logs, payloads, runs, steps
+from ._sql import Db, P, loads, run_from_row, select_runs, status_in
 
 _TERMINAL = ("completed", "failed", "cancelled")
 
@@ -69,7 +69,7 @@ class RunChanges:
             return {}
         find = db.sql(
             "find_idempotent",
-            lambda: sa.select(*RUN_COLUMNS).where(
+            lambda: select_runs().where(
                 runs.c.job_name == P("job_name"), runs.c.idempotency_key == P("key")
             ),
         )
@@ -87,9 +87,11 @@ class RunChanges:
         created_at = from_db(now)
         assert created_at is not None
         insert = db.sql("insert_run", _insert_run)
+        insert_payload = db.sql("insert_payload", _insert_payload)
         seen = self._existing(new_runs)
         results: list[tuple[Run, bool]] = []
         rows: list[Any] = []
+        payload_rows: list[Any] = []
         for new in new_runs:
             key = (new.job_name, new.idempotency_key) if new.idempotency_key else None
             if key is not None and key in seen:
@@ -119,21 +121,23 @@ class RunChanges:
                     {
                         "id": new.id,
                         "job_name": new.job_name,
-                        "payload": new.payload_json,
                         "idempotency_key": new.idempotency_key,
                         "concurrency_key": new.concurrency_key,
                         "now": now,
                     }
                 )
             )
+            payload_rows.append(insert_payload.bind({"id": new.id, "payload": new.payload_json}))
         if not rows:
             return results
 
         def body(conn: Connection) -> None:
-            if len(rows) == 1:
-                conn.execute(insert.text, rows[0])
-            else:
-                conn.executemany(insert.text, rows)
+            # the runs first: a clashing idempotency key fails before any payload is written
+            for sql, values in ((insert, rows), (insert_payload, payload_rows)):
+                if len(values) == 1:
+                    conn.execute(sql.text, values[0])
+                else:
+                    conn.executemany(sql.text, values)
             if db.notify is not None:
                 db.notify(conn)
 
@@ -225,10 +229,10 @@ class RunChanges:
         return self._job_name_of(run_id)
 
     def delete_run(self, run_id: str) -> None:
-        """Delete a terminal run with its steps and logs.
+        """Delete a terminal run with its payload, steps and logs.
 
-        The run row decides first: its steps and logs go only once it is gone, so a
-        concurrent retry that wins keeps every completed step.
+        The run row decides first: the rest goes only once it is gone, so a concurrent
+        retry that wins keeps its payload and every completed step.
         """
         db = self.db
         gone = ~sa.exists().where(runs.c.id == P("id", type_=sa.String))
@@ -239,6 +243,10 @@ class RunChanges:
             ),
             db.sql("delete_steps", lambda: steps.delete().where(steps.c.run_id == P("id"), gone)),
             db.sql("delete_logs", lambda: logs.delete().where(logs.c.run_id == P("id"), gone)),
+            db.sql(
+                "delete_payload",
+                lambda: payloads.delete().where(payloads.c.run_id == P("id"), gone),
+            ),
         ]
 
         def body(conn: Connection) -> Any:
@@ -253,7 +261,6 @@ def _insert_run() -> sa.sql.ClauseElement:
     return runs.insert().values(
         id=P("id"),
         job_name=P("job_name"),
-        payload=P("payload"),
         status="pending",
         idempotency_key=P("idempotency_key"),
         concurrency_key=P("concurrency_key"),
@@ -262,3 +269,7 @@ def _insert_run() -> sa.sql.ClauseElement:
         created_at=P("now"),
         updated_at=P("now"),
     )
+
+
+def _insert_payload() -> sa.sql.ClauseElement:
+    return payloads.insert().values(run_id=P("id"), payload=P("payload"))

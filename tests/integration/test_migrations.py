@@ -7,6 +7,7 @@ The schema-versus-metadata comparison lives in test_packaging.py, run on the bui
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 
 from durably import Durably, DurablyError, MigrationError, StepContext, create_durably, define_job
+from durably import _schema as schema
 from durably._migrate import VERSION_TABLE, AlembicMigrator, alembic_config
 from durably._schema import TABLE_NAMES
 from durably.plugins import with_log_persistence
@@ -394,18 +396,34 @@ def test_four_processes_finishing_a_partial_schema_at_once_all_succeed(
     assert schema_of(bare_url) == head_schema
 
 
-# -- revision 0002: ids, names and keys compare byte for byte ------------------------
+# -- upgrading a populated database from every earlier revision ------------------------
 #
 # A database that lived at 0001 holds runs, steps and logs whose keys MySQL/MariaDB
-# compared ignoring case, accents and trailing spaces; the upgrade keeps every row and
-# from then on "order-1" is not "Order-1" there either.
+# compared ignoring case, accents and trailing spaces (0002 makes them compare byte for
+# byte); one that lived at 0001 or 0002 holds each run's payload in durably_runs (0003
+# moves them to durably_payloads). The upgrade keeps every row, and from then on
+# "order-1" is not "Order-1" there either.
 
 VERSION_0001_ROW = f"INSERT INTO {VERSION_TABLE} (version_num) VALUES ('0001')"
+EARLIER_REVISIONS = ("0001", "0002")
 
 
-def at_revision_0001(backend: str, url: str) -> None:
-    """Make `url` a database that 0001 migrated, as a durably of that time left it."""
+def at_revision(backend: str, url: str, revision: str) -> None:
+    """Make `url` a database that `revision` migrated, as a durably of that time left it."""
     execute_all(url, [*initial_script(backend), VERSION_0001_ROW])
+    if revision != "0001":
+        alembic_on(url, command.upgrade, revision)
+
+
+def alembic_on(url: str, run: Callable[..., None], revision: str) -> None:
+    """Run alembic's `command.upgrade` or `command.downgrade` to `revision` on `url`."""
+    engine = sa.create_engine(sqlalchemy_url(url))
+    try:
+        with engine.connect() as conn:
+            run(alembic_config(conn), revision)
+            conn.commit()
+    finally:
+        engine.dispose()
 
 
 @define_job(name="order")
@@ -419,7 +437,7 @@ def order_job(step: StepContext, payload: Any) -> Any:
 
 def populate(url: str) -> list[Any]:
     """Runs with keys (completed, failed, pending), their steps and logs, through durably
-    itself on a database it has not migrated; returns what it reads back."""
+    itself on a migrated database; returns what it reads back."""
     with create_durably(url) as d:
         d.use(with_log_persistence())
         handle = d.register({"order": order_job})["order"]
@@ -434,38 +452,73 @@ def everything(d: Durably) -> list[Any]:
     return [(run, d.get_steps(run.id), d.get_logs(run.id)) for run in d.get_runs()]
 
 
-def test_database_populated_at_0001_upgrades_keeping_its_rows_and_then_compares_bytes(
-    backend: str, bare_url: str, head_schema: dict[str, Any]
-) -> None:
-    upgrade_populated_0001(backend, bare_url, head_schema, converted=0)
+def populated_at(backend: str, url: str, revision: str) -> list[Any]:
+    """Make `url` a database at `revision` holding what `populate` writes, each row as
+    that revision stored it (the payloads in durably_runs); returns what durably read.
 
-
-@pytest.mark.backends("mysql")
-@pytest.mark.parametrize("converted", [1, 2, 3])
-def test_upgrade_to_0002_killed_after_converting_some_tables_finishes_keeping_the_rows(
-    backend: str, bare_url: str, head_schema: dict[str, Any], converted: int
-) -> None:
-    # MySQL commits each ALTER TABLE on its own: the version table still says 0001
-    upgrade_populated_0001(backend, bare_url, head_schema, converted=converted)
-
-
-def upgrade_populated_0001(
-    backend: str, url: str, head_schema: dict[str, Any], *, converted: int
-) -> None:
-    """Populate `url` at 0001, run the first `converted` statements of 0002 on it, then
-    migrate: every row is kept and ids, names and keys compare byte for byte."""
-    at_revision_0001(backend, url)
+    The rows are written by durably at head, then copied into the older tables: the
+    durably of that time wrote the same values, only the payload's place differs.
+    """
+    drop_schema(url)
+    migrate(url)
     before = populate(url)
+    engine = sa.create_engine(sqlalchemy_url(url))
+    try:
+        with engine.connect() as conn:
+            query = sa.select(*schema.runs.c, schema.payloads.c.payload).join(
+                schema.payloads, schema.payloads.c.run_id == schema.runs.c.id
+            )
+            tables = {
+                "durably_runs": (query, list(query.selected_columns.keys())),
+                "durably_steps": (sa.select(schema.steps), list(schema.steps.c.keys())),
+                "durably_logs": (sa.select(schema.logs), list(schema.logs.c.keys())),
+            }
+            rows = {
+                table: (columns, [dict(row._mapping) for row in conn.execute(select)])
+                for table, (select, columns) in tables.items()
+            }
+    finally:
+        engine.dispose()
+    assert len(rows["durably_runs"][1]) == len(before) == 3
+    drop_schema(url)
+    at_revision(backend, url, revision)
+    engine = sa.create_engine(sqlalchemy_url(url))
+    try:
+        with engine.begin() as conn:
+            for table, (columns, values) in rows.items():
+                conn.execute(sa.table(table, *map(sa.column, columns)).insert(), values)
+    finally:
+        engine.dispose()
+    return before
+
+
+def upgrade_populated(
+    backend: str,
+    url: str,
+    head_schema: dict[str, Any],
+    *,
+    start: str,
+    interrupt: Callable[[str], None] | None = None,
+) -> None:
+    """Populate `url` at revision `start`, let `interrupt` leave what a killed upgrade
+    leaves, then migrate: every row is kept and ids, names and keys compare byte for byte."""
+    before = populated_at(backend, url, start)
     completed, failed, pending = (run for run, _, _ in reversed(before))
     assert [r.status for r in (completed, failed, pending)] == ["completed", "failed", "pending"]
     assert failed.failed_step_name == "Save"
-    if converted:
-        execute_all(url, revision_0002_statements(url)[:converted])
+    assert schema_of(url)["version rows"] == [(start,)]
+    if interrupt is not None:
+        interrupt(url)
 
     migrate(url)
     assert schema_of(url) == head_schema
     with create_durably(url) as d:
         assert everything(d) == before
+        assert [run.payload for run, _, _ in reversed(before)] == [
+            {"n": 1},
+            {"n": 2, "fail": True},
+            {"n": 3},
+        ]
         handle = d.register({"order": order_job})["order"]
         assert handle.trigger({"n": 0}, idempotency_key="Order-1").id == completed.id
         lookalikes = ["order-1", "ORDER-1", "Order-1 ", "Ordér-1"]
@@ -475,9 +528,34 @@ def upgrade_populated_0001(
         assert d.get_steps(completed.id.lower()) == []
         assert d.get_runs(job_name="ORDER") == []
         handle.trigger({"n": 4}, concurrency_key="k")
-        # the run left pending at 0001 and every new one
+        # the run left pending before the upgrade (its payload read by the claim) and
+        # every new one
         assert d.process_until_idle() == 6
-        assert d.get_run(pending.id).status == "completed"  # type: ignore[union-attr]
+        resumed = d.get_run(pending.id)
+        assert resumed is not None and resumed.status == "completed"
+        assert resumed.output == {"saved": {"n": 3}}
+
+
+@pytest.mark.parametrize("start", EARLIER_REVISIONS)
+def test_database_populated_at_an_earlier_revision_upgrades_keeping_its_rows(
+    backend: str, bare_url: str, head_schema: dict[str, Any], start: str
+) -> None:
+    upgrade_populated(backend, bare_url, head_schema, start=start)
+
+
+@pytest.mark.backends("mysql")
+@pytest.mark.parametrize("converted", [1, 2, 3])
+def test_upgrade_to_0002_killed_after_converting_some_tables_finishes_keeping_the_rows(
+    backend: str, bare_url: str, head_schema: dict[str, Any], converted: int
+) -> None:
+    # MySQL commits each ALTER TABLE on its own: the version table still says 0001
+    upgrade_populated(
+        backend,
+        bare_url,
+        head_schema,
+        start="0001",
+        interrupt=lambda url: execute_all(url, revision_0002_statements(url)[:converted]),
+    )
 
 
 def revision_0002_statements(url: str) -> list[str]:
@@ -500,15 +578,99 @@ def revision_0002_statements(url: str) -> list[str]:
     ]
 
 
+class Killed(Exception):
+    """Raised in place of the statement a kill interrupted."""
+
+
+# the writes of the upgrade from 0002: CREATE TABLE durably_payloads, the INSERT that
+# copies the payloads, ALTER TABLE durably_runs DROP COLUMN payload, the version's UPDATE
+WRITES_OF_0003 = 4
+
+
+def killed_upgrade(url: str, writes: int) -> None:
+    """Upgrade `url` as migrate() does, killed after its first `writes` write statements.
+
+    What a kill leaves: on MySQL/MariaDB each DDL statement commits what came before it
+    and then itself (it is atomic), so a kill in it keeps what came before; whatever was
+    not committed is rolled back, as the server does when the connection dies.
+    """
+    engine = sa.create_engine(url)
+    done = 0
+
+    def before_execute(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        nonlocal done
+        verb = statement.lstrip().split(None, 1)[0].upper()
+        if verb not in ("CREATE", "INSERT", "ALTER", "UPDATE", "DROP"):
+            return
+        if done == writes:
+            if conn.dialect.name in ("mysql", "mariadb") and verb in ("CREATE", "ALTER", "DROP"):
+                cursor.execute("COMMIT")
+            raise Killed(statement)
+        done += 1
+
+    sa.event.listen(engine, "before_cursor_execute", before_execute)
+    try:
+        with engine.connect() as conn, pytest.raises(MigrationError) as info:
+            AlembicMigrator().upgrade(conn)
+        assert isinstance(info.value.__cause__, Killed), info.value
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.backends("mysql", "postgres")
+@pytest.mark.parametrize("writes", range(WRITES_OF_0003))
+def test_upgrade_to_0003_killed_after_any_of_its_writes_finishes_keeping_the_rows(
+    backend: str, bare_url: str, head_schema: dict[str, Any], writes: int
+) -> None:
+    # on MySQL the kills leave: nothing; an empty durably_payloads; durably_payloads
+    # filled and the payload column still there; the column dropped (each with the
+    # version table at 0002). PostgreSQL rolls every one of them back to 0002.
+    upgrade_populated(
+        backend,
+        bare_url,
+        head_schema,
+        start="0002",
+        interrupt=lambda url: killed_upgrade(url, writes),
+    )
+
+
 def test_downgrade_from_0002_gives_back_the_schema_of_0001(backend: str, bare_url: str) -> None:
-    at_revision_0001(backend, bare_url)
+    at_revision(backend, bare_url, "0001")
     at_0001 = schema_of(bare_url)
+    alembic_on(bare_url, command.upgrade, "0002")
+    alembic_on(bare_url, command.downgrade, "0001")
+    assert schema_of(bare_url) == at_0001
+
+
+def test_downgrade_from_0003_puts_the_payloads_back_into_durably_runs(
+    backend: str, bare_url: str
+) -> None:
+    at_revision(backend, bare_url, "0002")
+    at_0002 = schema_of(bare_url)
+    drop_schema(bare_url)
     migrate(bare_url)
+    before = populate(bare_url)
+
+    alembic_on(bare_url, command.downgrade, "0002")
+    # the column comes back last but on SQLite, whose table is copied anew
+    assert in_any_order(schema_of(bare_url)) == in_any_order(at_0002)
     engine = sa.create_engine(sqlalchemy_url(bare_url))
     try:
         with engine.connect() as conn:
-            command.downgrade(alembic_config(conn), "0001")
-            conn.commit()
+            stored = dict(conn.exec_driver_sql("SELECT id, payload FROM durably_runs").all())
     finally:
         engine.dispose()
-    assert schema_of(bare_url) == at_0001
+    assert {run_id: json.loads(text) for run_id, text in stored.items()} == {
+        run.id: run.payload for run, _, _ in before
+    }
+    migrate(bare_url)
+    with create_durably(bare_url) as d:
+        assert everything(d) == before
+
+
+def in_any_order(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with each table's columns sorted by name."""
+    return {
+        table: {**value, "columns": sorted(value["columns"])} if isinstance(value, dict) else value
+        for table, value in schema.items()
+    }

@@ -18,7 +18,7 @@ from durably import Durably, StepContext, create_durably, define_job
 from durably._migrate import INITIAL_REVISION, INITIAL_SCHEMA, VERSION_TABLE, alembic_config
 from durably._schema import metadata
 
-DURABLY_TABLES = {"durably_runs", "durably_steps", "durably_logs"}
+DURABLY_TABLES = {"durably_runs", "durably_payloads", "durably_steps", "durably_logs"}
 
 
 @define_job(name="noop")

@@ -5,9 +5,10 @@ SQLite rewrites a whole row, overflow pages included, whenever an UPDATE changes
 size of its record; with the payload in the row of the run, every progress message of a
 new length wrote the payload again (20 updates of a run with a 20 MB payload wrote
 360 MB). The bytes are counted as WAL frames: a reader that holds one snapshot open for
-the whole test keeps every checkpoint from copying frames into the database file or
-restarting the WAL, so each page a commit writes is appended to the -wal file and its
-size grows by exactly (page size + 24) bytes per page written, whatever the timing.
+the whole test keeps checkpoints from copying any frame written after it into the
+database file, and the WAL from restarting, so each page a commit writes is appended to
+the -wal file: it grows by exactly (page size + 24) bytes per page written, whatever the
+timing. (A checkpoint of older frames can only add to the count, never hide a write.)
 """
 
 from __future__ import annotations

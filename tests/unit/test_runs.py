@@ -433,7 +433,7 @@ def test_delete_run_deletes_a_terminal_run(states: StateMaker, status: str) -> N
     assert states.durably.get_runs() == []
 
 
-def test_delete_run_deletes_its_steps_and_logs(durably: Durably, db_url: str) -> None:
+def test_delete_run_deletes_its_payload_steps_and_logs(durably: Durably, db_url: str) -> None:
     durably.use(with_log_persistence())
 
     @define_job(name="with-logs")
@@ -452,6 +452,7 @@ def test_delete_run_deletes_its_steps_and_logs(durably: Durably, db_url: str) ->
     assert durably.get_logs(run.id) == []
     assert count_rows(db_url, "durably_steps") == 1
     assert count_rows(db_url, "durably_logs") == 2
+    assert count_rows(db_url, "durably_payloads") == 1
     assert len(durably.get_logs(keep.id)) == 2
 
 

@@ -97,7 +97,8 @@ def snapshot(backend_url: str) -> Iterator[Callable[[], Any]]:
             return [
                 conn.exec_driver_sql(sql).fetchall()
                 for sql in (
-                    "SELECT id, status, payload, output, updated_at FROM durably_runs ORDER BY id",
+                    "SELECT id, status, output, updated_at FROM durably_runs ORDER BY id",
+                    "SELECT run_id, payload FROM durably_payloads ORDER BY run_id",
                     "SELECT id, status, output FROM durably_steps ORDER BY id",
                     "SELECT COUNT(*) FROM durably_logs",
                 )

@@ -33,6 +33,8 @@ from durably import (
     define_job,
 )
 
+from .args import database_url, named, seconds
+
 JOB_NAME = "import-orders"
 IDEMPOTENCY_KEY = "demo"
 DEFAULT_DB = "durably-demo.db"
@@ -88,11 +90,6 @@ def import_orders(
         orders += step.run(f"batch-{batch}", _import_batch(step, batch, step_seconds))
         step.progress(batch, total, f"imported batch {batch} of {total}")
     return ImportOrdersOutput(batches=total, orders=orders)
-
-
-def database_url(db: str) -> str:
-    """A URL stays as it is; anything else is a SQLite file path."""
-    return db if "://" in db else f"sqlite:///{db}"
 
 
 def _say(message: str) -> None:
@@ -273,19 +270,12 @@ def run_demo(db: str, batches: int, step_seconds: float) -> int:
     return 0
 
 
-def integer(text: str) -> int:
-    """An argparse type: a batch count (its name shows in argparse's messages)."""
+@named("number of batches")
+def batch_count(text: str) -> int:
+    """An argparse type: the steps of a new demo run."""
     value = int(text)
     if not 1 <= value <= MAX_BATCHES:
         raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_BATCHES}, got {value}")
-    return value
-
-
-def number(text: str) -> float:
-    """An argparse type: a non-negative number of seconds."""
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
 
@@ -297,18 +287,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         )
     parser.add_argument(
         "--db",
+        type=database_url,
         default=DEFAULT_DB,
         help=f"SQLite file or database URL (default: {DEFAULT_DB})",
     )
     parser.add_argument(
         "--batches",
-        type=integer,
+        type=batch_count,
         default=ImportOrdersInput().batches,
         help="steps of a new run; a resumed run keeps its own (default: %(default)s)",
     )
     parser.add_argument(
         "--step-seconds",
-        type=number,
+        type=seconds,
         default=DEFAULT_STEP_SECONDS,
         help="simulated work per step (default: %(default)s)",
     )

@@ -12,7 +12,6 @@ to install `with_log_persistence()`, and `durably run URL ID` is where logs are 
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 import threading
@@ -26,6 +25,7 @@ from .._errors import DurablyError
 from .._events import RunCompleteEvent, RunFailEvent, RunStartEvent, WorkerErrorEvent
 from ..plugins import with_log_persistence
 from .appload import load_jobs
+from .args import database_url, port_number, positive, positive_seconds, seconds
 from .guard import (
     PASSWORD_ENV,
     USER_ENV,
@@ -48,41 +48,13 @@ SERVER_EXTRA_HINT = "pip install 'durably[server]'"
 HTTP_SHUTDOWN_SECONDS = 5
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds > 0."""
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
-    return value
-
-
-def grace_seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds >= 0."""
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
-    return value
-
-
-def port_number(text: str) -> int:
-    """An argparse type: a TCP port."""
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535, got {value}")
-    return value
-
-
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `worker` and `serve` share."""
-    parser.add_argument("url", help="database URL shared by every worker")
+    parser.add_argument(
+        "url",
+        type=database_url,
+        help="database URL shared by every worker (a plain file path is a SQLite file)",
+    )
     parser.add_argument(
         "--app",
         required=True,
@@ -93,7 +65,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--concurrency",
-        type=positive_int,
+        type=positive,
         default=1,
         metavar="N",
         help="runs executed at once (max_concurrent_runs; default: %(default)s)",
@@ -112,7 +84,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--grace",
-        type=grace_seconds,
+        type=seconds,
         default=30.0,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, wait this long for runs in flight, then release them "

@@ -6,15 +6,23 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .._dialect import KNOWN_SCHEMES, _load_errors, installed_schemes, iter_plugins
+from .._dialect import (
+    KNOWN_SCHEMES,
+    _load_errors,
+    install_hint,
+    installed_schemes,
+    iter_plugins,
+    plugin_drivers,
+)
 from .output import console, dialects_view, to_json
 
 
 def listing() -> dict[str, Any]:
     """`{schemes, installed, missing, failed}`: what `durably dialects --json` prints.
 
-    `schemes` are the schemes that open here; each installed plugin has its `schemes`;
-    `missing` are the known schemes that do not open, with what to install.
+    `schemes` are the schemes that open here; each installed plugin has its `schemes` and,
+    when durably knows them, its `drivers` (whether each imports); `missing` are the known
+    schemes that do not open, with what to install.
     """
     plugins: list[dict[str, Any]] = []
     for name, plugin in iter_plugins():
@@ -22,6 +30,9 @@ def listing() -> dict[str, Any]:
         schemes = sorted(announce() or []) if callable(announce) else []
         module = getattr(plugin, "__name__", None) or type(plugin).__module__
         entry: dict[str, Any] = {"name": name, "module": module, "schemes": schemes}
+        drivers = plugin_drivers(name)
+        if drivers is not None:
+            entry["drivers"] = drivers
         plugins.append(entry)
     plugins.sort(key=lambda p: str(p["name"]))
     installed = installed_schemes()
@@ -29,7 +40,7 @@ def listing() -> dict[str, Any]:
     # means psycopg2 to SQLAlchemy, but `durably[postgres]` is there all the same
     extras_present = {KNOWN_SCHEMES[s] for s in installed if s in KNOWN_SCHEMES}
     missing = [
-        {"scheme": scheme, "extra": extra, "install": f"pip install 'durably[{extra}]'"}
+        {"scheme": scheme, "extra": extra, "install": install_hint(scheme)}
         for scheme, extra in sorted(KNOWN_SCHEMES.items())
         if scheme not in installed and extra not in extras_present
     ]

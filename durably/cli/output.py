@@ -21,6 +21,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from .._dialect import install_hint
 from .._events import Progress
 from .._records import LogEntry, Run, StepRecord, finite_json
 
@@ -264,6 +265,19 @@ def run_view(run: Run, steps: Sequence[StepRecord], logs: Sequence[LogEntry]) ->
     return Group(*parts)
 
 
+def drivers_cell(plugin: dict[str, Any]) -> RenderableType:
+    """The drivers of a plugin that import, or what to install when none does."""
+    drivers: dict[str, bool] | None = plugin.get("drivers")
+    if drivers is None:
+        return Text("-", style="dim")
+    present = [name for name, ok in drivers.items() if ok]
+    if not present:
+        hint = install_hint(plugin["schemes"][0]) if plugin["schemes"] else None
+        return Text(f"driver missing: {hint or 'install a driver'}", style="bold red")
+    absent = [name for name, ok in drivers.items() if not ok]
+    return Text(", ".join(present) + (f" ({', '.join(absent)} not installed)" if absent else ""))
+
+
 def dialects_view(
     plugins: Iterable[dict[str, Any]],
     missing: Iterable[dict[str, str]],
@@ -276,9 +290,10 @@ def dialects_view(
     installed.add_column("plugin", no_wrap=True)
     installed.add_column("module", overflow="fold")
     installed.add_column("URL schemes", overflow="fold")
+    installed.add_column("drivers", overflow="fold")
     for plugin in plugins:
         schemes = ", ".join(plugin["schemes"]) or Text("(none announced)", style="dim")
-        installed.add_row(plugin["name"], plugin["module"], schemes)
+        installed.add_row(plugin["name"], plugin["module"], schemes, drivers_cell(plugin))
     parts: list[RenderableType] = [installed]
     missing = list(missing)
     if missing:
@@ -286,7 +301,7 @@ def dialects_view(
             title="known schemes not installed", title_justify="left", box=None, header_style="bold"
         )
         table.add_column("scheme", no_wrap=True)
-        table.add_column("install with", no_wrap=True)
+        table.add_column("install with", overflow="fold")
         for item in missing:
             table.add_row(item["scheme"], item["install"])
         parts += [Text(), table]

@@ -6,6 +6,7 @@ about drivers. In-process with `durably.cli.main([...])` on real SQLite files.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,63 @@ def test_a_missing_plain_path_is_an_error_and_is_not_created(
     assert status == 1
     assert err.startswith("error: no database at")
     assert not path.exists()
+
+
+# -- 12. dialects and their drivers -------------------------------------------------------
+
+
+def test_dialects_names_the_importable_libsql_drivers(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run_cli(capsys, "dialects", "--json")
+    assert status == 0, err
+    listed = json.loads(out)
+    (libsql,) = [p for p in listed["installed"] if p["name"] == "libsql"]
+    assert libsql["drivers"] == {"libsql": True, "libsql-client": True}
+    assert "libsql" in listed["schemes"]
+    status, out, _ = run_cli(capsys, "dialects")
+    (line,) = [line for line in out.splitlines() if "durably_dialects.libsql " in line]
+    assert "libsql, libsql-client" in line
+
+
+def test_dialects_marks_libsql_when_neither_driver_imports(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # None in sys.modules makes an import fail as if the package were not installed
+    monkeypatch.setitem(sys.modules, "libsql", None)
+    monkeypatch.setitem(sys.modules, "libsql_client", None)
+    status, out, err = run_cli(capsys, "dialects", "--json")
+    assert status == 0, err
+    listed = json.loads(out)
+    (libsql,) = [p for p in listed["installed"] if p["name"] == "libsql"]
+    assert libsql["drivers"] == {"libsql": False, "libsql-client": False}
+    assert not [s for s in listed["schemes"] if s.startswith("libsql")]
+    missing = {m["scheme"]: m["install"] for m in listed["missing"]}
+    assert missing["libsql"] == "pip install 'durably[libsql]'"
+    assert "sqlite" in listed["schemes"]
+
+    status, out, _ = run_cli(capsys, "dialects")
+    (line,) = [line for line in out.splitlines() if "durably_dialects.libsql " in line]
+    assert "driver missing: pip install 'durably[libsql]'" in line
+
+
+def test_dialects_names_the_one_libsql_driver_that_imports(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "libsql", None)
+    listed = json.loads(run_cli(capsys, "dialects", "--json")[1])
+    (libsql,) = [p for p in listed["installed"] if p["name"] == "libsql"]
+    assert libsql["drivers"] == {"libsql": False, "libsql-client": True}
+    assert "libsql+wss" in listed["schemes"]
+
+
+# -- 13. the psycopg2 hint ----------------------------------------------------------------
+
+
+def test_a_missing_postgres_extra_lists_psycopg2_with_its_own_hint(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    listed = json.loads(run_cli(capsys, "dialects", "--json")[1])
+    missing = {m["scheme"]: m["install"] for m in listed["missing"]}
+    assert missing["postgresql+psycopg"] == "pip install 'durably[postgres]'"
+    hint = missing["postgresql+psycopg2"]
+    assert "psycopg 3" in hint and "postgresql+psycopg://" in hint and "psycopg2" in hint

@@ -5,6 +5,7 @@ about drivers. In-process with `durably.cli.main([...])` on real SQLite files.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -245,3 +246,16 @@ def test_a_missing_postgres_extra_lists_psycopg2_with_its_own_hint(
     assert missing["postgresql+psycopg"] == "pip install 'durably[postgres]'"
     hint = missing["postgresql+psycopg2"]
     assert "psycopg 3" in hint and "postgresql+psycopg://" in hint and "psycopg2" in hint
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("psycopg2") is not None, reason="psycopg2 is installed here"
+)
+def test_a_psycopg2_url_without_psycopg2_says_the_postgres_extra_is_psycopg_3() -> None:
+    with pytest.raises(durably.DialectNotFoundError) as info:
+        durably.resolve_dialect("postgresql+psycopg2://app:s3cret@db.example/app")
+    message = str(info.value)
+    assert "psycopg 3" in message
+    assert "postgresql+psycopg://" in message
+    assert "install psycopg2 yourself" in message
+    assert "s3cret" not in message

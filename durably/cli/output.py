@@ -311,6 +311,14 @@ def dialects_view(
     return Group(*parts)
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich exits with status 1 here; a reader that had enough is no error: main()
+        # ends quietly with 0 on BrokenPipeError
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def console() -> Console:
     """A console on the current stdout: colours only on a terminal, no markup in strings.
 
@@ -319,7 +327,7 @@ def console() -> Console:
     Output to a pipe or a file is not cut to 80 columns (rich's default there), so that
     `grep` and friends see whole ids and messages; `COLUMNS` still sets a width.
     """
-    out = Console(highlight=False, markup=False)
+    out = _Console(highlight=False, markup=False)
     if not out.is_terminal and "COLUMNS" not in os.environ:
-        out = Console(highlight=False, markup=False, width=PIPE_WIDTH)
+        out = _Console(highlight=False, markup=False, width=PIPE_WIDTH)
     return out

@@ -69,7 +69,8 @@ class StopSignals:
 
     def stop(self, durably: Durably, grace: float, say: Callable[[str], None]) -> None:
         """Stop `durably`'s worker: within `grace` seconds, or at once after a second signal."""
-        if self.forced.is_set():
+        releasing = self.forced.is_set()
+        if releasing:
             say(RELEASING)
         else:
             say(
@@ -79,15 +80,16 @@ class StopSignals:
         while True:
             try:
                 self._armed = True
-                if self.forced.is_set():
-                    durably.stop(timeout=0)
-                else:
-                    durably.stop(timeout=grace)
+                if not releasing and self.forced.is_set():
+                    raise KeyboardInterrupt  # the second signal came before the wait began
+                durably.stop(timeout=0 if releasing else grace)
                 self._armed = False
                 return
             except KeyboardInterrupt:  # the second signal, during the graceful wait
                 self._armed = False
-                say(RELEASING)
+                if not releasing:
+                    releasing = True
+                    say(RELEASING)
 
 
 class InFlight:

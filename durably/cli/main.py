@@ -7,7 +7,6 @@ tables; `--json` gives scripts the records' fields (see `cli_output`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from .db import existing
 from .demo import build_parser as build_demo_parser
 from .demo import run as run_demo
 from .dialects import dialects
-from .output import console, record_json, run_view, runs_table, to_json
+from .output import console, record_json, run_view, runs_table, stdout_gone, to_json
 from .worker import add_serve_arguments, add_worker_arguments, serve, worker
 
 EXIT_OK = 0
@@ -296,15 +295,6 @@ def _unexpected(exc: Exception, args: argparse.Namespace) -> str:
     return message
 
 
-def _reader_gone() -> int:
-    """The reader of stdout went away (`durably runs URL --json | head -1`): that is how a
-    pipe says it has enough, not an error. Later writes (the final flush) go nowhere."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return EXIT_OK
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `durably` console script; returns the exit status."""
     try:
@@ -319,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return _reader_gone()
+    except BrokenPipeError:  # `| head -1`: how a pipe says it has enough, not an error
+        stdout_gone()
+        return EXIT_OK
     except DurablyError as exc:
         if args.traceback and isinstance(exc, StoreError):
             raise  # the database's own error is its cause: show both

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from datetime import datetime, timezone
@@ -309,6 +310,14 @@ def dialects_view(
         line = Text.assemble(("failed to load: ", "bold red"), f"{item['name']}: {item['error']}")
         parts += [Text(), line]
     return Group(*parts)
+
+
+def stdout_gone() -> None:
+    """The reader of stdout went away (`durably runs URL | head -1`): send what is still
+    to be written (the final flush included) nowhere, quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 class _Console(Console):

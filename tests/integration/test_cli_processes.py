@@ -431,12 +431,18 @@ def test_serve_on_a_second_sigint_releases_the_run_at_once(
 
 LONG_STEP_APP = """
 import time
+from pathlib import Path
 from durably import define_job
+
+
+def sleep():
+    Path("in-step").touch()  # the test waits for this: the step is in flight
+    time.sleep(600)
 
 
 @define_job(name="long")
 def long(step, payload):
-    step.run("sleep", lambda: time.sleep(600))
+    step.run("sleep", sleep)
     return "slept"
 
 
@@ -458,7 +464,7 @@ def test_a_second_sigint_during_a_long_step_exits_promptly_with_the_run_pending(
     with create_durably(url) as client:
         client.register({"long": _long_job_stub()})
         run_id = client.jobs.long.trigger({}).id
-        worker.wait_for_line(rf"^run {run_id} long: started")
+        wait_until(lambda: (app_dir / "in-step").exists(), timeout=60)
         worker.proc.send_signal(signal.SIGINT)
         worker.wait_for_line(r"^stopping: ")
         # the step sleeps 10 minutes: exiting within this bound means it was not waited for
@@ -483,7 +489,7 @@ def test_a_third_sigint_exits_at_once_leaving_the_step_to_stale_recovery(
     with create_durably(url) as client:
         client.register({"long": _long_job_stub()})
         run_id = client.jobs.long.trigger({}).id
-        worker.wait_for_line(rf"^run {run_id} long: started")
+        wait_until(lambda: (app_dir / "in-step").exists(), timeout=60)
         worker.proc.send_signal(signal.SIGINT)
         worker.wait_for_line(r"^stopping: ")
         worker.proc.send_signal(signal.SIGINT)
@@ -552,3 +558,62 @@ def test_output_into_a_pipe_closed_early_exits_0_quietly(
     _, err = proc.communicate(timeout=EXIT_TIMEOUT)
     assert proc.returncode == 0, err
     assert err == b""
+
+
+def test_demo_keeps_its_completed_run_and_the_next_demo_starts_a_new_one(
+    tmp_path: Path, processes: list[Process]
+) -> None:
+    first = start(processes, tmp_path, "demo", "--batches", "2", "--step-seconds", "0.01")
+    assert first.wait() == 0, first.output()
+    out = "".join(first.out)
+    first_id = re.search(r"^starting run (\w+) of 'import-orders': 2 steps$", out, re.M)
+    assert first_id, out
+    assert f"durably run sqlite:///durably-demo.db {first_id.group(1)}" in out
+    assert "durably serve sqlite:///durably-demo.db --app durably.cli.demo:jobs" in out
+
+    second = start(processes, tmp_path, "demo", "--batches", "3", "--step-seconds", "0.01")
+    assert second.wait() == 0, second.output()
+    out = "".join(second.out)
+    second_id = re.search(r"^starting run (\w+) of 'import-orders': 3 steps$", out, re.M)
+    assert second_id, out
+    assert second_id.group(1) != first_id.group(1)
+    assert "skipped" not in out
+
+    with create_durably(f"sqlite:///{tmp_path / 'durably-demo.db'}") as d:
+        runs = d.get_runs()
+        assert [(r.id, r.status) for r in runs] == [
+            (second_id.group(1), "completed"),
+            (first_id.group(1), "completed"),
+        ]
+        assert [s.name for s in d.get_steps(first_id.group(1))] == ["batch-1", "batch-2"]
+        # the demo stores its step.log lines, so that `durably run` has them to show
+        assert [log.message for log in d.get_logs(first_id.group(1))] == [
+            "imported batch 1",
+            "imported batch 2",
+        ]
+
+
+def test_a_completed_demo_run_is_what_serve_shows_with_the_demo_jobs(
+    tmp_path: Path, processes: list[Process]
+) -> None:
+    demo = start(processes, tmp_path, "demo", "--batches", "1", "--step-seconds", "0.01")
+    assert demo.wait() == 0, demo.output()
+    port = free_port()
+    server = start(
+        processes, tmp_path, "serve", "durably-demo.db", "--app", "durably.cli.demo:jobs",
+        "--port", str(port), "--log-level", "warning", *FAST,
+    )  # fmt: skip
+    server.wait_for_line(r"^durably serve on sqlite:///durably-demo\.db: job import_orders;")
+    base = f"http://127.0.0.1:{port}/api"
+
+    def listed() -> Any:
+        try:
+            return httpx.get(f"{base}/runs", timeout=5).json()
+        except httpx.TransportError:
+            return None
+
+    runs = wait_until(listed, timeout=START_TIMEOUT, interval=0.05)
+    assert [(r["jobName"], r["status"], r["stepCount"]) for r in runs] == [
+        ("import-orders", "completed", 1)
+    ]
+    assert server.stop(signal.SIGTERM) == 0, server.output()

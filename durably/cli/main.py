@@ -23,6 +23,9 @@ from .demo import build_parser as build_demo_parser
 from .demo import run as run_demo
 from .dialects import dialects
 from .output import console, record_json, run_view, runs_table, stdout_gone, to_json
+from .trigger import add_arguments as add_trigger_arguments
+from .trigger import check_arguments as check_trigger_arguments
+from .trigger import trigger
 from .worker import add_serve_arguments, add_worker_arguments, serve, worker
 
 EXIT_OK = 0
@@ -36,9 +39,10 @@ EXIT_STATUS_HELP = """\
 exit status:
   0    success
   1    error, printed as `error: <message>` on stderr: an unknown run, a run whose state
-       does not allow retry/cancel/delete, a database, URL or --app problem
+       does not allow retry/cancel/delete, a database, URL or --app problem, input that
+       fails the job's validation, a run that failed under `trigger --wait`
   2    usage error (bad arguments)
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C; a third one for worker/serve)"""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], object]
     run: Callable[[argparse.Namespace], int]
+    # a usage error argparse cannot see (options that need each other), or None
+    check: Callable[[argparse.Namespace], str | None] = lambda args: None
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -219,6 +225,14 @@ COMMANDS: tuple[Command, ...] = (
         add_serve_arguments,
         serve,
     ),
+    Command(
+        "trigger",
+        "trigger a run of a job of --app with --input JSON (a worker runs it; --wait "
+        "waits for its output)",
+        add_trigger_arguments,
+        trigger,
+        check_trigger_arguments,
+    ),
     Command("runs", "list runs, newest first", _add_runs_arguments, _runs),
     Command("run", "show one run: its fields, steps, logs and error", _add_id_arguments, _run),
     Command(
@@ -267,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--traceback", action="store_true", default=argparse.SUPPRESS, help=TRACEBACK_HELP
         )
-        sub.set_defaults(run=command.run, subparser=sub)
+        sub.set_defaults(run=command.run, check=command.check, subparser=sub)
     return parser
 
 
@@ -275,9 +289,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     """The parsed arguments; an unknown option is reported with its command's usage
     (`durably runs URL --concurrency 3` shows how `runs` is used, not the command list)."""
     args, unknown = build_parser().parse_known_args(argv)
+    subparser: argparse.ArgumentParser = args.subparser
     if unknown:
-        subparser: argparse.ArgumentParser = args.subparser
         subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    problem = args.check(args)
+    if problem:
+        subparser.error(problem)
     return args
 
 

@@ -617,3 +617,30 @@ def test_a_completed_demo_run_is_what_serve_shows_with_the_demo_jobs(
         ("import-orders", "completed", 1)
     ]
     assert server.stop(signal.SIGTERM) == 0, server.output()
+
+
+# -- trigger ------------------------------------------------------------------------------
+
+
+def test_trigger_wait_prints_what_a_worker_process_returned(
+    app_dir: Path, url: str, client: Durably, processes: list[Process]
+) -> None:
+    worker = start(processes, app_dir, "worker", url, "--app", "cliapp:jobs", *FAST)
+    worker.wait_for_line(r"^durably worker on ")
+    trigger = start(
+        processes, app_dir, "trigger", url, "count", "--app", "cliapp:jobs",
+        "--input", '{"n": 2}', "--wait",
+    )  # fmt: skip
+    assert trigger.wait() == 0, trigger.output()
+    assert json.loads("".join(trigger.out)) == {"total": 2}
+    (run,) = client.get_runs()
+    assert run.status == "completed"
+    worker.wait_for_line(rf"^run {run.id} count: completed in ")
+
+    bad = start(
+        processes, app_dir, "trigger", url, "count", "--app", "cliapp:jobs", "--input", '{"n": "x"}'
+    )
+    assert bad.wait() == 1, bad.output()
+    assert len(bad.err) == 1 and bad.err[0].startswith("error: invalid --input for job 'count'")
+    assert len(client.get_runs()) == 1
+    assert worker.stop(signal.SIGTERM) == 0, worker.output()

@@ -8,6 +8,7 @@ The core talks to a database only through this protocol. Adapters (the built-in 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import logging
 import re
@@ -165,6 +166,22 @@ KNOWN_SCHEMES: dict[str, str] = {
     "mariadb+pymysql": "mysql",
 }
 
+# The drivers (distribution, module) a built-in adapter runs on: its schemes are usable
+# when one of them imports (the adapter itself imports without them). The SQLAlchemy
+# adapter lists only the schemes whose driver imports, so it needs no entry here.
+BUILTIN_DRIVERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "libsql": (("libsql", "libsql"), ("libsql-client", "libsql_client")),
+}
+
+# What to say instead of `pip install 'durably[extra]'` when an extra does not bring the
+# driver a scheme names
+_OTHER_DRIVER_HINTS: dict[str, str] = {
+    "postgresql+psycopg2": (
+        "durably's postgres extra (pip install 'durably[postgres]') installs psycopg 3: "
+        "use postgresql+psycopg://, or install psycopg2 yourself (pip install psycopg2-binary)"
+    ),
+}
+
 # The adapters that ship with durably, registered in code through the same hooks as
 # third-party plugins, so a source checkout that is not installed opens `sqlite://` too.
 # Named by module, never imported by name: the core does not depend on an adapter.
@@ -237,9 +254,47 @@ def _schemes_of(plugin: object) -> list[str]:
     return list(hook() or []) if callable(hook) else []
 
 
+def plugin_drivers(name: str | None) -> dict[str, bool] | None:
+    """Whether each driver of the built-in plugin `name` imports; None when durably does
+    not know its drivers (a third-party plugin, or one that needs none)."""
+    drivers = BUILTIN_DRIVERS.get(name or "")
+    if drivers is None:
+        return None
+    return {dist: importlib.util.find_spec(module) is not None for dist, module in drivers}
+
+
+def usable_schemes(name: str | None, plugin: object) -> list[str]:
+    """The schemes `plugin` claims, none when none of its known drivers imports."""
+    drivers = plugin_drivers(name)
+    if drivers is not None and not any(drivers.values()):
+        return []
+    return _schemes_of(plugin)
+
+
 def installed_schemes() -> list[str]:
-    """Every URL scheme some installed dialect plugin claims, sorted."""
-    return sorted({s for plugin in _plugin_manager().get_plugins() for s in _schemes_of(plugin)})
+    """Every URL scheme some installed dialect plugin claims and can open, sorted (a
+    scheme whose driver is missing is not installed)."""
+    pm = _plugin_manager()
+    return sorted({s for p in pm.get_plugins() for s in usable_schemes(pm.get_name(p), p)})
+
+
+def scheme_extra(scheme: str) -> str | None:
+    """The extra of durably that provides `scheme` (or its backend, `mysql` for
+    `mysql+acme`), None when durably does not know it."""
+    extra = KNOWN_SCHEMES.get(scheme)
+    if extra is None and "+" in scheme:
+        extra = KNOWN_SCHEMES.get(scheme.split("+", 1)[0])
+    return extra
+
+
+def install_hint(scheme: str) -> str | None:
+    """What to install for `scheme`: `pip install 'durably[extra]'` or, where durably's
+    extra does not bring the driver the scheme names, what to do instead."""
+    other = _OTHER_DRIVER_HINTS.get(scheme.lower())
+    if other is not None:
+        return other
+    extra = scheme_extra(scheme)
+    return f"pip install 'durably[{extra}]'" if extra else None
 
 
 def url_scheme(url: str) -> str:
@@ -294,14 +349,15 @@ def resolve_dialect(url: str) -> Dialect:
     if dialect is not None:
         return dialect
     installed = ", ".join(installed_schemes()) or "none"
-    extra = KNOWN_SCHEMES.get(scheme)
-    if extra is None and "+" in scheme:
-        extra = KNOWN_SCHEMES.get(scheme.split("+", 1)[0])
-    hint = (
-        f"; install it with: pip install 'durably[{extra}]'"
-        if extra
-        else "; a third-party dialect plugin may provide it (entry-point group 'durably.dialects')"
-    )
+    install = install_hint(scheme)
+    if install is None:
+        hint = (
+            "; a third-party dialect plugin may provide it (entry-point group 'durably.dialects')"
+        )
+    elif install.startswith("pip install"):
+        hint = f"; install it with: {install}"
+    else:
+        hint = f"; {install}"
     broken = (
         "; plugins that failed to load: " + "; ".join(f"{k} ({v})" for k, v in _load_errors.items())
         if _load_errors

@@ -34,6 +34,8 @@ class Worker:
         self._wake_seq = 0
         self._stopping = threading.Event()
         self._slots: list[threading.Thread] = []
+        # the slot threads still inside their loop, guarded by `_cond`: `stop` waits on it
+        self._live: set[threading.Thread] = set()
         self._lifecycle = threading.Lock()
         self._unlisten: Callable[[], None] | None = None
 
@@ -107,6 +109,11 @@ class Worker:
 
     # -- background slots --------------------------------------------------------------
 
+    def _wait_for(self, slots: list[threading.Thread], timeout: float | None) -> bool:
+        """Wait until every thread of `slots` has left its loop; False after `timeout`."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._live.isdisjoint(slots), timeout)
+
     @property
     def running(self) -> bool:
         return any(t.is_alive() for t in self._slots)
@@ -123,10 +130,20 @@ class Worker:
                 threading.Thread(target=self._slot_loop, name=f"durably-slot-{i}", daemon=True)
                 for i in range(self._rt.settings.max_concurrent_runs)
             ]
+            with self._cond:
+                self._live.update(self._slots)
             for thread in self._slots:
                 thread.start()
 
     def _slot_loop(self) -> None:
+        try:
+            self._claim_and_execute()
+        finally:
+            with self._cond:
+                self._live.discard(threading.current_thread())
+                self._cond.notify_all()
+
+    def _claim_and_execute(self) -> None:
         rt = self._rt
         backoff = 0.0
         while not self._stopping.is_set():
@@ -158,19 +175,22 @@ class Worker:
                     )
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop claiming; wait for runs in flight (released at their next step after timeout)."""
-        clock = self._rt.clock
+        """Stop claiming; wait for runs in flight (released at their next step after timeout).
+
+        Safe to interrupt (Ctrl-C) and call again: the waits are on a condition, never a
+        `Thread.join`, which on Python 3.11 marks the thread it waits for as stopped when
+        a signal handler's exception interrupts it, so that the next call would return at
+        once and leave the run in flight unreleased.
+        """
         with self._lifecycle:
             self._stopping.set()
             self.wake()
             slots = list(self._slots)
-            deadline = None if timeout is None else clock.monotonic() + timeout
-            for thread in slots:
-                thread.join(None if deadline is None else max(0.0, deadline - clock.monotonic()))
-            if any(t.is_alive() for t in slots):
+            if not self._wait_for(slots, None if timeout is None else max(0.0, timeout)):
                 self.keeper.release_all()
-                for thread in slots:
-                    thread.join()
+                self._wait_for(slots, None)
+            for thread in slots:
+                thread.join()  # it has left its loop: this only sees it end
             self._slots = []
             unlisten, self._unlisten = self._unlisten, None
             if unlisten is not None:

@@ -28,6 +28,11 @@ from .sqlite3 import sqlite_error_kind
 
 # extra that installs the driver a URL needs, by SQLAlchemy backend name
 _EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+# durably's postgres extra installs psycopg 3, which SQLAlchemy names `postgresql+psycopg`
+_PSYCOPG2_HINT = (
+    "durably's postgres extra (pip install 'durably[postgres]') installs psycopg 3: use "
+    "postgresql+psycopg://, or install psycopg2 yourself (pip install psycopg2-binary)"
+)
 _LOCK_NAME = "durably_migrate"
 _CHANNEL = "durably_wakeup"
 # seconds the LISTEN thread waits for a notification before looking at its stop flag
@@ -102,12 +107,7 @@ class SqlAlchemyDialect:
         try:
             self.engine = sa.create_engine(parsed, **options)
         except ImportError as exc:
-            extra = _EXTRAS.get(backend)
-            hint = f"pip install 'durably[{extra}]'" if extra else "install its DB-API driver"
-            raise DialectNotFoundError(
-                f"the driver for {parsed.render_as_string(hide_password=True)!r} is not "
-                f"installed ({exc}); install it with: {hint}"
-            ) from exc
+            raise _missing_driver(parsed, exc) from exc
         except sa.exc.NoSuchModuleError as exc:
             raise DialectNotFoundError(
                 f"SQLAlchemy has no dialect for {parsed.drivername!r} ({exc})"
@@ -300,6 +300,20 @@ _LISTED_SCHEMES = (
 )
 
 
+def _missing_driver(parsed: sa.URL, exc: ImportError) -> DialectNotFoundError:
+    """The error for a URL whose DB-API driver does not import, saying what to install."""
+    if parsed.drivername == "postgresql+psycopg2":
+        hint = _PSYCOPG2_HINT
+    else:
+        extra = _EXTRAS.get(parsed.get_backend_name())
+        what = f"pip install 'durably[{extra}]'" if extra else "install its DB-API driver"
+        hint = f"install it with: {what}"
+    return DialectNotFoundError(
+        f"the driver for {parsed.render_as_string(hide_password=True)!r} is not "
+        f"installed ({exc}); {hint}"
+    )
+
+
 class SqlAlchemyPlugin:
     """The catch-all: any URL SQLAlchemy understands that no other plugin claimed."""
 
@@ -314,12 +328,7 @@ class SqlAlchemyPlugin:
         except sa.exc.NoSuchModuleError:
             return None
         except ImportError as exc:
-            extra = _EXTRAS.get(parsed.get_backend_name())
-            hint = f"pip install 'durably[{extra}]'" if extra else "install its DB-API driver"
-            raise DialectNotFoundError(
-                f"the driver for {parsed.render_as_string(hide_password=True)!r} is not "
-                f"installed ({exc}); install it with: {hint}"
-            ) from exc
+            raise _missing_driver(parsed, exc) from exc
         return SqlAlchemyDialect(url)
 
     @hookimpl

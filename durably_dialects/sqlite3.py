@@ -3,7 +3,7 @@
 URLs: `sqlite:///relative.db`, `sqlite:////absolute.db`, `sqlite://` (in memory).
 Query options: `?synchronous=NORMAL|FULL|OFF` (default NORMAL, durable across process
 crashes in WAL mode; FULL also survives power loss), `?timeout=SECONDS` (busy timeout
-for other processes' write locks, default 30).
+for other processes' write locks, default 30); any other option is an error.
 
 Every write transaction is `BEGIN IMMEDIATE` under a lock shared by all connections to
 the same file in this process: threads of one process queue on that lock instead of
@@ -19,6 +19,7 @@ transaction (its ROLLBACK failed) or closed under its user is dropped, never reu
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
@@ -34,6 +35,8 @@ from sqlalchemy.dialects import sqlite as sa_sqlite
 from durably import ConfigurationError, DialectNotFoundError, Result, hookimpl, redact_url
 
 SCHEMES = ("sqlite",)
+# the query options of a sqlite URL
+OPTIONS = ("synchronous", "timeout")
 # idle connections a file's pool keeps open; more are opened while more threads read at once
 IDLE_CONNECTIONS = 4
 
@@ -51,12 +54,23 @@ def _lock_for(path: str) -> threading.RLock:
 
 
 def parse_sqlite_url(url: str) -> tuple[str | None, dict[str, str]]:
-    """(file path or None for memory, query options) of a `sqlite://` URL."""
+    """(file path or None for memory, query options) of a `sqlite://` URL.
+
+    Only `OPTIONS` are taken: an unknown one (a typo, an option of another driver) is a
+    `ConfigurationError` rather than a setting silently ignored.
+    """
     if not url.startswith("sqlite://"):
         raise DialectNotFoundError(f"not a sqlite URL: {redact_url(url)!r}")
     rest = url[len("sqlite://") :]
     rest, _, query = rest.partition("?")
-    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(name) for name in unknown)} in {redact_url(url)!r}; "
+            f"a sqlite URL takes {' and '.join(OPTIONS)}"
+        )
     if rest in ("", "/", "/:memory:"):
         return None, options
     if not rest.startswith("/"):
@@ -65,6 +79,19 @@ def parse_sqlite_url(url: str) -> tuple[str | None, dict[str, str]]:
             "use sqlite:///relative.db, sqlite:////absolute.db or sqlite://"
         )
     return rest[1:], options
+
+
+def _timeout(url: str, text: str) -> float:
+    """The `timeout` option: seconds >= 0 to wait for another process's write lock."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigurationError(
+            f"bad timeout={text!r} in {redact_url(url)!r}: use a number of seconds >= 0"
+        )
+    return value
 
 
 class _Conn:
@@ -117,7 +144,7 @@ class SqliteDialect:
                 f"bad synchronous={sync!r} in {redact_url(url)!r}: use OFF, NORMAL, FULL or EXTRA"
             )
         self.synchronous = sync
-        self.timeout = float(options.get("timeout", "30"))
+        self.timeout = _timeout(url, options.get("timeout", "30"))
         self.sqlalchemy_dialect = sa_sqlite.dialect()
         self._pool_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []  # LIFO: the warmest connection first

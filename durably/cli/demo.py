@@ -3,7 +3,9 @@
 Written against the public API only, so it doubles as an example. The job runs in the
 background worker while the main thread waits in `trigger_and_wait`; Ctrl-C lands in the
 main thread, which stops the worker with a short timeout, so the run goes back to
-pending at its next step boundary and the next `durably demo` resumes it at once.
+pending at its next step boundary and the next `durably demo` resumes it at once. A
+completed run stays in the database to be looked at (`durably run`, or `durably serve`
+with `--app durably.cli.demo:jobs`); the next `durably demo` starts a new one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel, Field
 from rich.console import Console
@@ -26,12 +29,19 @@ from rich.progress import (
 
 from durably import (
     Durably,
+    JobHandle,
+    Run,
     RunProgressEvent,
     StepCompleteEvent,
     StepContext,
     create_durably,
     define_job,
+    redact_url,
 )
+from durably.plugins import with_log_persistence
+
+from .args import database_url, named, plural, seconds
+from .output import stdout_gone
 
 JOB_NAME = "import-orders"
 IDEMPOTENCY_KEY = "demo"
@@ -90,13 +100,11 @@ def import_orders(
     return ImportOrdersOutput(batches=total, orders=orders)
 
 
-def database_url(db: str) -> str:
-    """A URL stays as it is; anything else is a SQLite file path."""
-    return db if "://" in db else f"sqlite:///{db}"
-
-
 def _say(message: str) -> None:
-    print(message, flush=True)
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:  # `durably demo | head`: the reader had enough, the run goes on
+        stdout_gone()
 
 
 def _completed_steps(durably: Durably, run_id: str) -> int:
@@ -190,6 +198,27 @@ def _wait_until_released(durably: Durably, run_id: str, limit: float) -> bool:
         time.sleep(0.05)
 
 
+def demo_run(handle: JobHandle[ImportOrdersInput, ImportOrdersOutput], payload: Any) -> Run:
+    """The unfinished demo run of an earlier invocation (Ctrl-C'd, or killed), else a new
+    one. Demo runs have the idempotency keys `demo`, `demo-2`, `demo-3`...: the first free
+    one makes the new run, so that two demos started at once share it, and the completed
+    runs stay in the database to be looked at."""
+    unfinished = [
+        run
+        for run in handle.get_runs(status=["pending", "running"])
+        if (run.idempotency_key or "").startswith(IDEMPOTENCY_KEY)
+    ]
+    if unfinished:
+        return unfinished[-1]  # the oldest
+    number = len(handle.get_runs()) + 1
+    while True:
+        key = IDEMPOTENCY_KEY if number == 1 else f"{IDEMPOTENCY_KEY}-{number}"
+        run = handle.trigger(payload, idempotency_key=key)
+        if run.status not in ("completed", "failed", "cancelled"):
+            return run
+        number += 1  # taken by a finished run: runs were deleted since
+
+
 def run_demo(db: str, batches: int, step_seconds: float) -> int:
     """Start or resume the demo run and wait for it; the exit status of `durably demo`."""
 
@@ -209,24 +238,22 @@ def run_demo(db: str, batches: int, step_seconds: float) -> int:
         stale_threshold=STALE_THRESHOLD,
     ) as durably:
         durably.migrate()
+        durably.use(with_log_persistence())  # `durably run URL ID` shows the step.log lines
         handle = durably.register({"import_orders": job})["import_orders"]
 
-        # The idempotency key brings back the unfinished run of an earlier invocation.
-        run = handle.trigger(payload, idempotency_key=IDEMPOTENCY_KEY)
-        if run.status in ("completed", "failed", "cancelled"):
-            durably.delete_run(run.id)
-            run = handle.trigger(payload, idempotency_key=IDEMPOTENCY_KEY)
+        run = demo_run(handle, payload)
+        key = run.idempotency_key
 
         total = ImportOrdersInput.model_validate(run.payload).batches
         done = _completed_steps(durably, run.id)
         _say(f"database: {url}")
         if done or run.status == "running":
             _say(
-                f"resuming run {run.id}: {done} of {total} steps already done, "
+                f"resuming run {run.id}: {done} of {plural(total, 'step')} already done, "
                 "they will not run again"
             )
         else:
-            _say(f"starting run {run.id} of {JOB_NAME!r}: {total} steps")
+            _say(f"starting run {run.id} of {JOB_NAME!r}: {plural(total, 'step')}")
         if run.status == "running":
             _say("  it is still marked running by an interrupted process (or another demo);")
             _say(f"  waiting for its lease to expire ({STALE_THRESHOLD:.0f} s without heartbeat)")
@@ -238,7 +265,7 @@ def run_demo(db: str, batches: int, step_seconds: float) -> int:
         display.start(total, done)
         durably.start()
         try:
-            result = handle.trigger_and_wait(payload, idempotency_key=IDEMPOTENCY_KEY)
+            result = handle.trigger_and_wait(payload, idempotency_key=key)
         except KeyboardInterrupt:
             display.stop()
             _say("\nstopping: the step in flight finishes, then the run goes back to pending")
@@ -266,26 +293,37 @@ def run_demo(db: str, batches: int, step_seconds: float) -> int:
         elapsed = time.monotonic() - started
         _say(
             f"run {result.id} completed in {elapsed:.1f} s: "
-            f"imported {output.orders} orders in {output.batches} batches"
+            f"imported {output.orders} orders in {plural(output.batches, 'batch', 'batches')}"
         )
-        durably.delete_run(result.id)
-        _say("the completed run was deleted, so `durably demo` starts a fresh run next time")
+        shown = redact_url(url)
+        _say(f"the run stays in the database: `durably run {shown} {result.id}` shows it;")
+        _say(f"  `durably serve {shown} --app durably.cli.demo:jobs` shows it in a dashboard;")
+        _say("  `durably demo` again starts a new run")
     return 0
 
 
-def integer(text: str) -> int:
-    """An argparse type: a batch count (its name shows in argparse's messages)."""
+def _import_orders_job(step: StepContext, payload: ImportOrdersInput) -> ImportOrdersOutput:
+    return import_orders(step, payload, DEFAULT_STEP_SECONDS)
+
+
+# `durably serve URL --app durably.cli.demo:jobs` (or `worker`): the demo's job, so that
+# a dashboard can show the demo's runs, resume an interrupted one and trigger new ones
+jobs = {
+    "import_orders": define_job(
+        name=JOB_NAME,
+        input=ImportOrdersInput,
+        output=ImportOrdersOutput,
+        run=_import_orders_job,
+    )
+}
+
+
+@named("number of batches")
+def batch_count(text: str) -> int:
+    """An argparse type: the steps of a new demo run."""
     value = int(text)
     if not 1 <= value <= MAX_BATCHES:
         raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_BATCHES}, got {value}")
-    return value
-
-
-def number(text: str) -> float:
-    """An argparse type: a non-negative number of seconds."""
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
 
@@ -297,18 +335,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         )
     parser.add_argument(
         "--db",
+        type=database_url,
         default=DEFAULT_DB,
         help=f"SQLite file or database URL (default: {DEFAULT_DB})",
     )
     parser.add_argument(
         "--batches",
-        type=integer,
+        type=batch_count,
         default=ImportOrdersInput().batches,
         help="steps of a new run; a resumed run keeps its own (default: %(default)s)",
     )
     parser.add_argument(
         "--step-seconds",
-        type=number,
+        type=seconds,
         default=DEFAULT_STEP_SECONDS,
         help="simulated work per step (default: %(default)s)",
     )

@@ -7,28 +7,25 @@ tables; `--json` gives scripts the records' fields (see `cli_output`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from .._app import Durably, create_durably
-from .._dialect import KNOWN_SCHEMES, _load_errors, installed_schemes, iter_plugins, redact_url
+from .. import __version__
+from .._app import create_durably
+from .._dialect import redact_url
 from .._errors import DurablyError, RunNotFoundError, StoreError
 from .._records import RUN_STATUSES
+from .args import database_url, non_negative, plural, positive
+from .db import existing
 from .demo import build_parser as build_demo_parser
 from .demo import run as run_demo
-from .output import (
-    console,
-    dialects_view,
-    record_json,
-    run_view,
-    runs_table,
-    to_json,
-)
+from .dialects import dialects
+from .output import console, record_json, run_view, runs_table, stdout_gone, to_json
+from .trigger import add_arguments as add_trigger_arguments
+from .trigger import check_arguments as check_trigger_arguments
+from .trigger import trigger
 from .worker import add_serve_arguments, add_worker_arguments, serve, worker
 
 EXIT_OK = 0
@@ -36,14 +33,16 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_LIMIT = 20
+TRACEBACK_HELP = "on an unexpected error, show the full traceback instead of one line"
 
 EXIT_STATUS_HELP = """\
 exit status:
   0    success
   1    error, printed as `error: <message>` on stderr: an unknown run, a run whose state
-       does not allow retry/cancel/delete, a database, URL or --app problem
+       does not allow retry/cancel/delete, a database, URL or --app problem, input that
+       fails the job's validation, a run that failed under `trigger --wait`
   2    usage error (bad arguments)
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C; a third one for worker/serve)"""
 
 
 @dataclass(frozen=True)
@@ -54,57 +53,23 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], object]
     run: Callable[[argparse.Namespace], int]
+    # a usage error argparse cannot see (options that need each other), or None
+    check: Callable[[argparse.Namespace], str | None] = lambda args: None
 
 
 # -- helpers ----------------------------------------------------------------------------
 
 
-def _non_negative(text: str) -> int:
-    """An argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _add_url(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("url", help="database URL, e.g. sqlite:///app.db")
+    parser.add_argument(
+        "url",
+        type=database_url,
+        help="database URL, e.g. sqlite:///app.db (a plain file path is a SQLite file)",
+    )
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-
-
-def _sqlite_path(url: str) -> str | None:
-    """The file a `sqlite:///` URL names; None for memory or any other URL."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("sqlite", "sqlite+pysqlite"):
-        return None
-    path = rest.partition("?")[0]
-    if path in ("", "/", "/:memory:") or not path.startswith("/"):
-        return None
-    return path[1:]
-
-
-@contextmanager
-def _existing(url: str) -> Iterator[Durably]:
-    """`create_durably(url)`, closed after; a missing SQLite file is an error, not created."""
-    path = _sqlite_path(url)
-    if path is not None and not Path(path).exists():
-        raise DurablyError(
-            f"no database at {path!r}: the file does not exist "
-            f"(`durably migrate {redact_url(url)}` creates it)"
-        )
-    with create_durably(url) as durably:
-        yield durably
 
 
 def _add_id_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,17 +108,17 @@ def _add_runs_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--limit",
-        type=_positive,
+        type=positive,
         default=DEFAULT_LIMIT,
         metavar="N",
         help="at most N runs (default: %(default)s)",
     )
-    parser.add_argument("--offset", type=_non_negative, default=0, metavar="N", help="skip N runs")
+    parser.add_argument("--offset", type=non_negative, default=0, metavar="N", help="skip N runs")
     _add_json(parser)
 
 
 def _runs(args: argparse.Namespace) -> int:
-    with _existing(args.url) as durably:
+    with existing(args.url) as durably:
         runs = durably.get_runs(
             job_name=args.job, status=args.status, limit=args.limit, offset=args.offset
         )
@@ -167,15 +132,15 @@ def _runs(args: argparse.Namespace) -> int:
     out.print(runs_table(runs))
     if len(runs) == args.limit:
         out.print(
-            f"{len(runs)} runs shown, newest first; --offset {args.offset + len(runs)} "
-            "for the next ones",
+            f"{plural(len(runs), 'run')} shown, newest first; "
+            f"--offset {args.offset + len(runs)} for the next ones",
             style="dim",
         )
     return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
-    with _existing(args.url) as durably:
+    with existing(args.url) as durably:
         run = durably.get_run(args.id)
         if run is None:
             raise RunNotFoundError(args.id)
@@ -198,19 +163,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    with _existing(args.url) as durably:
+    with existing(args.url) as durably:
         durably.retry(args.id)
         run = durably.get_run(args.id)
         kept = sum(1 for step in durably.get_steps(args.id) if step.status == "completed")
     if args.json:
         _print_json(record_json(run) if run else {"id": args.id})
     else:
-        print(f"retried run {args.id}: pending again; its {kept} completed step(s) will be skipped")
+        print(
+            f"retried run {args.id}: pending again; "
+            f"its {plural(kept, 'completed step')} will be skipped"
+        )
     return EXIT_OK
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    with _existing(args.url) as durably:
+    with existing(args.url) as durably:
         before = durably.get_run(args.id)
         durably.cancel(args.id)
         run = durably.get_run(args.id)
@@ -224,42 +192,12 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    with _existing(args.url) as durably:
+    with existing(args.url) as durably:
         durably.delete_run(args.id)
     if args.json:
         _print_json({"id": args.id, "deleted": True})
     else:
         print(f"deleted run {args.id} with its steps and logs")
-    return EXIT_OK
-
-
-# -- dialects ---------------------------------------------------------------------------
-
-
-def _dialects(args: argparse.Namespace) -> int:
-    plugins: list[dict[str, Any]] = []
-    for name, plugin in iter_plugins():
-        announce = getattr(plugin, "durably_dialect_schemes", None)
-        schemes = sorted(announce() or []) if callable(announce) else []
-        module = getattr(plugin, "__name__", None) or type(plugin).__module__
-        plugins.append({"name": name, "module": module, "schemes": schemes})
-    plugins.sort(key=lambda p: str(p["name"]))
-    installed = installed_schemes()
-    # an extra counts as installed once any of its schemes is: `postgresql://` alone
-    # means psycopg2 to SQLAlchemy, but `durably[postgres]` is there all the same
-    extras_present = {KNOWN_SCHEMES[s] for s in installed if s in KNOWN_SCHEMES}
-    missing = [
-        {"scheme": scheme, "extra": extra, "install": f"pip install 'durably[{extra}]'"}
-        for scheme, extra in sorted(KNOWN_SCHEMES.items())
-        if scheme not in installed and extra not in extras_present
-    ]
-    failed = [{"name": name, "error": error} for name, error in sorted(_load_errors.items())]
-    if args.json:
-        _print_json(
-            {"schemes": installed, "installed": plugins, "missing": missing, "failed": failed}
-        )
-    else:
-        console().print(dialects_view(plugins, missing, failed))
     return EXIT_OK
 
 
@@ -287,6 +225,14 @@ COMMANDS: tuple[Command, ...] = (
         add_serve_arguments,
         serve,
     ),
+    Command(
+        "trigger",
+        "trigger a run of a job of --app with --input JSON (a worker runs it; --wait "
+        "waits for its output)",
+        add_trigger_arguments,
+        trigger,
+        check_trigger_arguments,
+    ),
     Command("runs", "list runs, newest first", _add_runs_arguments, _runs),
     Command("run", "show one run: its fields, steps, logs and error", _add_id_arguments, _run),
     Command(
@@ -306,7 +252,7 @@ COMMANDS: tuple[Command, ...] = (
         "dialects",
         "list the installed database dialects and their URL schemes",
         _add_json,
-        _dialects,
+        dialects,
     ),
 )
 
@@ -319,11 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--traceback",
-        action="store_true",
-        help="on an unexpected error, show the full traceback instead of one line",
-    )
+    parser.add_argument("--version", action="version", version=f"durably {__version__}")
+    parser.add_argument("--traceback", action="store_true", help=TRACEBACK_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         sub = subparsers.add_parser(
@@ -334,8 +277,25 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_arguments(sub)
-        sub.set_defaults(run=command.run)
+        # after the command too: `durably runs URL --traceback`
+        sub.add_argument(
+            "--traceback", action="store_true", default=argparse.SUPPRESS, help=TRACEBACK_HELP
+        )
+        sub.set_defaults(run=command.run, check=command.check, subparser=sub)
     return parser
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed arguments; an unknown option is reported with its command's usage
+    (`durably runs URL --concurrency 3` shows how `runs` is used, not the command list)."""
+    args, unknown = build_parser().parse_known_args(argv)
+    subparser: argparse.ArgumentParser = args.subparser
+    if unknown:
+        subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    problem = args.check(args)
+    if problem:
+        subparser.error(problem)
+    return args
 
 
 def _exit_status(exc: SystemExit) -> int:
@@ -355,24 +315,24 @@ def _unexpected(exc: Exception, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `durably` console script; returns the exit status."""
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
     except SystemExit as exc:  # --help, or a usage error argparse has already printed
         return _exit_status(exc)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
+        status = run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit after this returned
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `| head -1`: how a pipe says it has enough, not an error
+        stdout_gone()
+        return EXIT_OK
     except DurablyError as exc:
         if args.traceback and isinstance(exc, StoreError):
             raise  # the database's own error is its cause: show both
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except BrokenPipeError:
-        # the reader went away (`durably runs URL | head`): nothing left to say to it
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
         return EXIT_ERROR
     except Exception as exc:
         if args.traceback:

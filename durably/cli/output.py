@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from .._dialect import install_hint
 from .._events import Progress
 from .._records import LogEntry, Run, StepRecord, finite_json
 
@@ -264,6 +266,19 @@ def run_view(run: Run, steps: Sequence[StepRecord], logs: Sequence[LogEntry]) ->
     return Group(*parts)
 
 
+def drivers_cell(plugin: dict[str, Any]) -> RenderableType:
+    """The drivers of a plugin that import, or what to install when none does."""
+    drivers: dict[str, bool] | None = plugin.get("drivers")
+    if drivers is None:
+        return Text("-", style="dim")
+    present = [name for name, ok in drivers.items() if ok]
+    if not present:
+        hint = install_hint(plugin["schemes"][0]) if plugin["schemes"] else None
+        return Text(f"driver missing: {hint or 'install a driver'}", style="bold red")
+    absent = [name for name, ok in drivers.items() if not ok]
+    return Text(", ".join(present) + (f" ({', '.join(absent)} not installed)" if absent else ""))
+
+
 def dialects_view(
     plugins: Iterable[dict[str, Any]],
     missing: Iterable[dict[str, str]],
@@ -276,9 +291,10 @@ def dialects_view(
     installed.add_column("plugin", no_wrap=True)
     installed.add_column("module", overflow="fold")
     installed.add_column("URL schemes", overflow="fold")
+    installed.add_column("drivers", overflow="fold")
     for plugin in plugins:
         schemes = ", ".join(plugin["schemes"]) or Text("(none announced)", style="dim")
-        installed.add_row(plugin["name"], plugin["module"], schemes)
+        installed.add_row(plugin["name"], plugin["module"], schemes, drivers_cell(plugin))
     parts: list[RenderableType] = [installed]
     missing = list(missing)
     if missing:
@@ -286,7 +302,7 @@ def dialects_view(
             title="known schemes not installed", title_justify="left", box=None, header_style="bold"
         )
         table.add_column("scheme", no_wrap=True)
-        table.add_column("install with", no_wrap=True)
+        table.add_column("install with", overflow="fold")
         for item in missing:
             table.add_row(item["scheme"], item["install"])
         parts += [Text(), table]
@@ -294,6 +310,22 @@ def dialects_view(
         line = Text.assemble(("failed to load: ", "bold red"), f"{item['name']}: {item['error']}")
         parts += [Text(), line]
     return Group(*parts)
+
+
+def stdout_gone() -> None:
+    """The reader of stdout went away (`durably runs URL | head -1`): send what is still
+    to be written (the final flush included) nowhere, quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich exits with status 1 here; a reader that had enough is no error: main()
+        # ends quietly with 0 on BrokenPipeError
+        self.quiet = True
+        raise BrokenPipeError
 
 
 def console() -> Console:
@@ -304,7 +336,7 @@ def console() -> Console:
     Output to a pipe or a file is not cut to 80 columns (rich's default there), so that
     `grep` and friends see whole ids and messages; `COLUMNS` still sets a width.
     """
-    out = Console(highlight=False, markup=False)
+    out = _Console(highlight=False, markup=False)
     if not out.is_terminal and "COLUMNS" not in os.environ:
-        out = Console(highlight=False, markup=False, width=PIPE_WIDTH)
+        out = _Console(highlight=False, markup=False, width=PIPE_WIDTH)
     return out

@@ -1,7 +1,8 @@
 """The long-running commands: `durably worker` and `durably serve` (HTTP API + worker).
 
 Both stop gracefully on SIGTERM/SIGINT: no new claims, then the runs in flight get
-`--grace` seconds before they are released back to pending at their next step boundary.
+`--grace` seconds before they are released back to pending at their next step boundary;
+a second signal releases them at once, a third exits on the spot (see `stopping`).
 `serve` mounts `create_app` (the HTTP API and its dashboard) under `/api` (clients:
 `api: "/api"`), so that `/` stays free for whatever an application adds next to it, and
 puts `guard.ServeGuard` in front (Host check, basic auth from the environment).
@@ -12,20 +13,19 @@ to install `with_log_persistence()`, and `durably run URL ID` is where logs are 
 from __future__ import annotations
 
 import argparse
-import math
-import signal
 import sys
-import threading
-from collections.abc import Callable
-from types import FrameType
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._app import Durably, create_durably
 from .._dialect import redact_url
-from .._errors import DurablyError
+from .._errors import DurablyError, StoreError
 from .._events import RunCompleteEvent, RunFailEvent, RunStartEvent, WorkerErrorEvent
 from ..plugins import with_log_persistence
 from .appload import load_jobs
+from .args import database_url, port_number, positive, positive_seconds, seconds
+from .db import sqlite_path
 from .guard import (
     PASSWORD_ENV,
     USER_ENV,
@@ -37,52 +37,27 @@ from .guard import (
     exposure_warning,
     is_loopback,
 )
+from .stopping import InFlight, StopSignals, stopped_line
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
 API_PREFIX = "/api"
 SERVER_EXTRA_HINT = "pip install 'durably[server]'"
+# how the core's StoreError says that durably's tables are missing (run migrate() first)
+MISSING_TABLES = "durably's tables are not in"
 # How long uvicorn waits for open connections on shutdown: SSE streams never end by
 # themselves, so waiting longer only delays the stop.
 HTTP_SHUTDOWN_SECONDS = 5
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds > 0."""
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
-    return value
-
-
-def grace_seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds >= 0."""
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
-    return value
-
-
-def port_number(text: str) -> int:
-    """An argparse type: a TCP port."""
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535, got {value}")
-    return value
-
-
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `worker` and `serve` share."""
-    parser.add_argument("url", help="database URL shared by every worker")
+    parser.add_argument(
+        "url",
+        type=database_url,
+        help="database URL shared by every worker (a plain file path is a SQLite file)",
+    )
     parser.add_argument(
         "--app",
         required=True,
@@ -93,7 +68,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--concurrency",
-        type=positive_int,
+        type=positive,
         default=1,
         metavar="N",
         help="runs executed at once (max_concurrent_runs; default: %(default)s)",
@@ -112,11 +87,12 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--grace",
-        type=grace_seconds,
+        type=seconds,
         default=30.0,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, wait this long for runs in flight, then release them "
-        "back to pending at their next step boundary (default: %(default)s)",
+        "back to pending at their next step boundary; a second signal releases them at "
+        "once (default: %(default)s)",
     )
     parser.add_argument(
         "--no-migrate", action="store_true", help="do not create/upgrade the tables at start"
@@ -206,32 +182,50 @@ def _open(args: argparse.Namespace) -> Durably:
     return durably
 
 
-def _on_stop_signal(callback: Callable[[], None]) -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        callback()
+def _prepare(durably: Durably, args: argparse.Namespace) -> None:
+    """Migrate the tables, or with `--no-migrate` make sure they are there: a worker
+    without them would only fail every claim, forever. A database that cannot be reached
+    yet is left to the worker, which retries."""
+    if not args.no_migrate:
+        durably.migrate()
+        return
+    url = redact_url(args.url)
+    path = sqlite_path(args.url)
+    if path is not None and not Path(path).exists():
+        raise DurablyError(f"no database at {path!r} (`durably migrate {url}` creates it)")
+    try:
+        durably.get_runs(limit=1)
+    except StoreError as exc:
+        if MISSING_TABLES not in str(exc):
+            _say(f"the database does not answer yet ({exc}); the worker retries", error=True)
+            return
+        raise DurablyError(
+            f"durably's tables are not in {url}: run `durably migrate {url}` first"
+        ) from None
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
+
+def _jobs_text(jobs: Mapping[str, object]) -> str:
+    return f"{'job' if len(jobs) == 1 else 'jobs'} {', '.join(sorted(jobs))}"
 
 
 def worker(args: argparse.Namespace) -> int:
     """Run a worker for the jobs of `--app` until SIGTERM/SIGINT, then stop gracefully."""
     jobs = load_jobs(args.app)
-    stop = threading.Event()
-    _on_stop_signal(stop.set)
+    signals = StopSignals()
+    signals.install()
     with _open(args) as durably:
-        if not args.no_migrate:
-            durably.migrate()
+        _prepare(durably, args)
         durably.register(jobs)
+        in_flight = InFlight(durably)
         durably.start()
         _say(
-            f"durably worker on {redact_url(args.url)}: jobs {', '.join(sorted(jobs))}; "
+            f"durably worker on {redact_url(args.url)}: {_jobs_text(jobs)}; "
             f"concurrency {args.concurrency}; SIGTERM or Ctrl-C stops it"
         )
-        stop.wait()
-        _say(f"stopping: waiting up to {args.grace:g} s for runs in flight")
-        durably.stop(timeout=args.grace)
-    _say("stopped")
+        signals.requested.wait()
+        signals.stop(durably, args.grace, _say)
+        released = in_flight.released()
+    _say(stopped_line(released))
     return 0
 
 
@@ -276,21 +270,21 @@ def serve(args: argparse.Namespace) -> int:
 
     credentials = credentials_from_env()
     jobs = load_jobs(args.app)
-    stopping = threading.Event()
     servers: list[uvicorn.Server] = []
 
     def stop() -> None:
         # uvicorn has its own handlers while it serves; this covers the setup before it
-        # and the drain after (uvicorn raises the signal it caught again when it returns)
-        stopping.set()
+        # and the drain after (uvicorn raises the signals it caught again when it returns)
         for server in servers:
             server.should_exit = True
 
-    _on_stop_signal(stop)
+    signals = StopSignals(stop)
+    signals.install()
+    released: list[str] = []
     with _open(args) as durably:
-        if not args.no_migrate:
-            durably.migrate()
+        _prepare(durably, args)
         durably.register(jobs)
+        in_flight = InFlight(durably)
         config = uvicorn.Config(
             build_app(durably, allowed_hosts(args.host, args.allowed_host), credentials),
             host=args.host,
@@ -306,12 +300,12 @@ def serve(args: argparse.Namespace) -> int:
             _say(exposure_warning(args.host, args.port), error=True)
         auth = "no authentication" if credentials is None else f"basic auth as {credentials.user!r}"
         _say(
-            f"durably serve on {redact_url(args.url)}: jobs {', '.join(sorted(jobs))}; "
+            f"durably serve on {redact_url(args.url)}: {_jobs_text(jobs)}; "
             f"{runs_by}; dashboard and API at http://{args.host}:{args.port}{API_PREFIX}/; "
             f"{auth}; SIGTERM or Ctrl-C stops it"
         )
         try:
-            if not stopping.is_set():
+            if not signals.requested.is_set():
                 servers[0].run()
         except SystemExit as exc:  # how uvicorn ends a failed startup (port in use, ...)
             raise DurablyError(
@@ -320,7 +314,7 @@ def serve(args: argparse.Namespace) -> int:
             ) from None
         finally:
             if not args.no_worker:
-                _say(f"stopping: waiting up to {args.grace:g} s for runs in flight")
-                durably.stop(timeout=args.grace)
-    _say("stopped")
+                signals.stop(durably, args.grace, _say)
+                released = in_flight.released()
+    _say(stopped_line(released))
     return 0

@@ -33,6 +33,7 @@ from durably import (
 )
 from durably._app import follow_source
 from durably._follow import AsyncFollow, follow
+from durably._text import MAX_NAME, clean_message
 
 from .dashboard import ASSET_PREFIX, asset, jobs_json, page
 from .guards import (
@@ -167,8 +168,8 @@ class _Api:
             return _error(413, str(exc))
         except InputValidationError as exc:
             return _error(400, str(exc))
-        except RunNotFoundError as exc:
-            return _error(404, str(exc))
+        except RunNotFoundError:
+            return _error(404, "Run not found")  # 0.6's text
         except InvalidRunStateError as exc:
             return _error(409, str(exc))
         except Exception:
@@ -196,7 +197,8 @@ class _Api:
         concurrency_key = _optional_key(body, "concurrencyKey")
         handle = self.durably.get_job(job_name)
         if handle is None:
-            raise HTTPError(404, f"job not found: {job_name!r}")
+            # 0.6's text; the name as sent, made encodable and cut (it can be anything)
+            raise HTTPError(404, f"Job not found: {clean_message(job_name, MAX_NAME)}")
         run = await handle.trigger_async(
             {} if payload is None else payload,
             idempotency_key=idempotency_key,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from _api_helpers import sqlite_path
 
-from durably import Durably, StepContext, create_durably, define_job
+from durably import ConfigurationError, Durably, StepContext, create_durably, define_job
 from durably_dialects.sqlite3 import SqliteDialect
 
 # a handful of idle pooled connections (the file and its -wal each) plus the shared -shm
@@ -227,3 +227,41 @@ def test_a_connection_that_fails_to_open_holds_no_descriptor(tmp_path: Path) -> 
         assert _fds_to(str(path)) == 0
     finally:
         d.close()
+
+
+# -- URL options --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("foo=1", "'foo'"),
+        ("foo=1&bar=2", "'bar', 'foo'"),
+        ("synchronous=FULL&Timeout=3", "'Timeout'"),
+        ("journal_mode=DELETE&password=s3cret", "'journal_mode', 'password'"),
+    ],
+)
+def test_an_unknown_url_option_is_refused_naming_it_and_the_known_ones(
+    tmp_path: Path, query: str, named: str
+) -> None:
+    path = tmp_path / "options.db"
+    with pytest.raises(ConfigurationError) as info:
+        create_durably(f"sqlite:///{path}?{query}")
+    message = str(info.value)
+    assert f"unknown option {named}" in message or f"unknown options {named}" in message
+    assert "synchronous" in message and "timeout" in message
+    assert "s3cret" not in message
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", ""])
+def test_a_bad_timeout_is_a_configuration_error(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigurationError, match="timeout"):
+        SqliteDialect(f"sqlite:///{tmp_path / 'x.db'}?timeout={value}")
+
+
+def test_the_known_url_options_are_accepted(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}?synchronous=FULL&timeout=5"
+    dialect = SqliteDialect(url)
+    assert (dialect.synchronous, dialect.timeout) == ("FULL", 5.0)
+    dialect.close()

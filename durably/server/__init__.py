@@ -5,6 +5,14 @@ and clients work against it unchanged. `create_app` also serves the dashboard at
 root; `create_dashboard(api=...)` serves the page alone, pointed at an API elsewhere.
 """
 
+try:
+    import starlette  # noqa: F401
+except ImportError as exc:  # say what to install, not only what is missing
+    raise ModuleNotFoundError(
+        f"durably.server needs Starlette ({exc}); install it with: pip install 'durably[server]'",
+        name=exc.name,
+    ) from exc
+
 from .app import Authorize, create_app
 from .dashboard import create_dashboard
 

@@ -176,3 +176,18 @@ def test_unzipped_wheel_migrates_a_fresh_file_and_runs_a_job_without_the_checkou
     assert result["steps"] == [["double", "completed", 42]]
     assert result["version"] == [[result["head"]]]
     assert result["diffs"] == [], "the migrated schema differs from durably._schema.metadata"
+
+
+def test_importing_the_server_without_its_extra_says_which_extra_to_install() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['starlette'] = None  # as if the server extra were not installed\n"
+        "import durably\n"
+        "try:\n"
+        "    import durably.server\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'durably[server]'" in out.stdout
